@@ -1,0 +1,411 @@
+"""Effective state-size (ESS) of a causal sequence-mixing operator.
+
+For a causal operator T (L x L, lower-triangular) and a split position i (past inputs 0..i-1,
+present and future outputs i..L-1) the operator's Hankel block is
+
+    H_i = T[i:, :i]        shape (L-i, i),   i = 1 .. L-1
+
+and rank(H_i) is the smallest state any recurrence realising T must carry across the split.
+With singular values s_1 >= s_2 >= ... of H_i:
+
+    tolerance-ESS_i = #{k : s_k > tol * s_1}      (relative=True; s_k > tol when relative=False)
+    entropy-ESS_i   = exp(-sum_k p_k log p_k),   p_k = s_k / sum(s)     (0 when H_i = 0)
+
+Three ways to get the singular values, all returning the same `EssResult`:
+
+- `effective_state_size_naive`: one float64 SVD of H_i per position. The definition; slow.
+- `effective_state_size`: any materialised T (attention has no small realisation). Eigenvalues
+  of the smaller Gram matrix of H_i in float64, updated by one rank-1 term per position.
+- `effective_state_size_ssm`: T given by a time-varying realisation (A, B, C), never
+  materialised. H_i = O_i R_i factors through the N-dimensional state, so s(H_i) are the
+  singular values of an N x N matrix built from square-root Gramians, O(L N^3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch import Tensor
+
+FLOAT64_EPS = torch.finfo(torch.float64).eps
+# Memory the SSM path may use for its stored square-root Gramians before it splits the batch.
+SSM_FACTOR_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class EssResult:
+    """ESS at each split position.
+
+    tolerance: (..., P) int64    #{s_k(H_i) > threshold}
+    entropy:   (..., P) float64  exp(entropy of s(H_i) / sum s(H_i))
+    positions: (P,) int64        the split positions i (1 <= i <= L-1)
+    spectrum:  (..., P, R) float64 singular values of each H_i, descending and zero-padded to
+               R = max rank bound, or None unless asked for with spectrum=True
+    """
+
+    tolerance: Tensor
+    entropy: Tensor
+    positions: Tensor
+    spectrum: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The two metrics, from singular values
+
+
+def tolerance_ess(s: Tensor, tol: float, relative: bool = True) -> Tensor:
+    """Number of singular values above the threshold. s: (..., R) -> (..., ) int64."""
+    threshold = tol * s.amax(dim=-1, keepdim=True) if relative else tol
+    return (s > threshold).sum(dim=-1)
+
+
+def entropy_ess(s: Tensor) -> Tensor:
+    """Effective rank exp(-sum p log p), p = s / sum(s) (Roy & Vetterli). s: (..., R) -> (...)."""
+    total = s.sum(dim=-1, keepdim=True)
+    p = s / torch.where(total > 0, total, 1.0)
+    effective_rank = torch.exp(-torch.special.xlogy(p, p).sum(dim=-1))
+    return torch.where(total.squeeze(-1) > 0, effective_rank, 0.0)
+
+
+def _result(s: Tensor, positions: Tensor, tol: float, relative: bool, spectrum: bool) -> EssResult:
+    """s: (..., P, R) singular values, any order -> EssResult."""
+    return EssResult(
+        tolerance=tolerance_ess(s, tol, relative),
+        entropy=entropy_ess(s),
+        positions=positions,
+        spectrum=s.sort(dim=-1, descending=True).values if spectrum else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks: all of them run before any work
+
+
+def _check_tol(tol: float) -> None:
+    if not isinstance(tol, int | float) or not tol > 0:
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        where = tuple(int(j) for j in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} contains {x[where].item()} at index {where}; values must be finite"
+        )
+
+
+def _split_positions(positions: Iterable[int] | Tensor | None, length: int) -> Tensor:
+    """Sorted unique split positions in [1, L-1]; None means all of them."""
+    if length < 2:
+        raise ValueError(f"the sequence length must be at least 2 to have a split, got L={length}")
+    if positions is None:
+        return torch.arange(1, length)
+    p = torch.as_tensor(list(positions) if not isinstance(positions, Tensor) else positions)
+    if p.dtype.is_floating_point or p.dtype == torch.bool or p.dim() != 1 or p.numel() == 0:
+        raise ValueError(f"positions must be a non-empty 1-d sequence of ints, got {positions!r}")
+    if p.min() < 1 or p.max() > length - 1:
+        raise ValueError(
+            f"positions must lie in 1 .. L-1 = 1 .. {length - 1}, got values from "
+            f"{int(p.min())} to {int(p.max())}"
+        )
+    return p.long().unique()
+
+
+def _check_operator(T: Tensor, check_causal: bool, causal_tol: float) -> None:
+    if not isinstance(T, Tensor):
+        raise TypeError(f"T must be a torch.Tensor of shape (..., L, L), got {type(T).__name__}")
+    if T.dim() < 2 or T.shape[-1] != T.shape[-2]:
+        raise ValueError(f"T must have shape (..., L, L) (square), got {tuple(T.shape)}")
+    if T.is_complex():
+        raise ValueError(f"T must be real, got dtype {T.dtype}")
+    _check_finite("T", T)
+    if check_causal:
+        upper = torch.triu(T, diagonal=1).abs()
+        scale = T.abs().amax()
+        if upper.amax() > causal_tol * scale:
+            where = tuple(int(j) for j in (upper == upper.amax()).nonzero()[0])
+            raise ValueError(
+                f"T is not causal (lower-triangular): |T{list(where)}| = "
+                f"{upper.amax().item():.3g} above the diagonal exceeds causal_tol * max|T| = "
+                f"{(causal_tol * scale).item():.3g}; pass check_causal=False to use only the lower "
+                "triangle"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Naive reference: the definition
+
+
+def effective_state_size_naive(
+    T: Tensor,
+    tol: float = 1e-3,
+    relative: bool = True,
+    positions: Iterable[int] | Tensor | None = None,
+    spectrum: bool = False,
+    check_causal: bool = True,
+    causal_tol: float = 1e-6,
+) -> EssResult:
+    """ESS by one float64 SVD of H_i = T[..., i:, :i] per split position. O(L^4) per channel.
+
+    T: (..., L, L). The slow, obvious reference that the fast paths are tested against.
+    """
+    _check_tol(tol)
+    _check_operator(T, check_causal, causal_tol)
+    length = T.shape[-1]
+    split = _split_positions(positions, length)
+    T = T.to(torch.float64)
+    rank_bound = int(torch.minimum(split, length - split).max())
+    s = T.new_zeros(*T.shape[:-2], len(split), rank_bound)
+    for p, i in enumerate(split.tolist()):
+        s_i = torch.linalg.svdvals(T[..., i:, :i])
+        s[..., p, : s_i.shape[-1]] = s_i
+    return _result(s, split, tol, relative, spectrum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense path: Gram matrices of the smaller side, updated position by position
+
+
+def _antitranspose(T: Tensor) -> Tensor:
+    """T'[a, b] = T[L-1-b, L-1-a]: still causal, and H'_{L-i} is H_i transposed and reversed,
+    so s(H'_{L-i}) = s(H_i). Turns the row-side Gram of H_i into a column-side one."""
+    return T.flip(-1, -2).mT
+
+
+def _column_gram_spectra(T: Tensor, splits: list[int]) -> Iterator[tuple[int, Tensor]]:
+    """Singular values of H_i = T[..., i:, :i] from the eigenvalues of G_i = H_i^T H_i (i x i).
+
+    T: (..., L, L) float64; splits: positions i, all with i <= L - i (the column side is the
+    smaller one). Walks i downwards from max(splits): G_i = G_{i+1}[:i, :i] + t t^T with
+    t = T[i, :i] (row i joins H), an O(i^2) update instead of an O(L i^2) product.
+    Yields (i, s) with s: (..., i).
+    """
+    top = max(splits)
+    wanted = set(splits)
+    gram = T[..., top:, :top].mT @ T[..., top:, :top]
+    for i in range(top, min(splits) - 1, -1):
+        if i < top:
+            row = T[..., i, :i]
+            gram[..., :i, :i] += row[..., :, None] * row[..., None, :]
+        if i in wanted:
+            yield i, _gram_singular_values(_symmetric_eigenvalues(gram[..., :i, :i]))
+
+
+def _symmetric_eigenvalues(gram: Tensor) -> Tensor:
+    """Eigenvalues of symmetric (..., n, n) matrices. On the CPU through NumPy, whose LAPACK
+    (OpenBLAS) runs dsyevd 1.3-1.6x faster than torch's single-threaded (benchmarks/README.md)."""
+    if gram.device.type == "cpu":
+        return torch.from_numpy(np.linalg.eigvalsh(gram.numpy()))
+    return torch.linalg.eigvalsh(gram)
+
+
+def _gram_singular_values(eigenvalues: Tensor) -> Tensor:
+    """s = sqrt(lambda) for the eigenvalues of a float64 Gram matrix (..., n).
+
+    Forming and diagonalising the Gram matrix costs an absolute error of about n * eps * s_1^2
+    in each eigenvalue, so eigenvalues below that floor are noise around an exact zero: they
+    are set to zero (an SVD of H_i would return them as ~eps * s_1, just as negligible).
+    """
+    n = eigenvalues.shape[-1]
+    floor = n * FLOAT64_EPS * eigenvalues.amax(dim=-1, keepdim=True)
+    return torch.where(eigenvalues > floor, eigenvalues, 0.0).sqrt()
+
+
+def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
+    """s(H_i) for every split position. T: (..., L, L) float64 -> (..., P, R), zero-padded.
+
+    Positions with i <= L/2 use the column Gram of T, the others the column Gram of the
+    antitranspose of T at L - i. The two independent sweeps run on two threads, each with a
+    single-threaded LAPACK: for these sizes that beats one sweep with a threaded LAPACK.
+    """
+    length = T.shape[-1]
+    rank_bound = int(torch.minimum(split, length - split).max())
+    s = T.new_zeros(*T.shape[:-2], len(split), rank_bound)
+    index = {i: p for p, i in enumerate(split.tolist())}
+    left = [i for i in index if i <= length - i]
+    right = [length - i for i in index if i > length - i]
+
+    def sweep(operator: Tensor, splits: list[int], to_position) -> None:
+        if splits:
+            for i, s_i in _column_gram_spectra(operator, splits):
+                s[..., index[to_position(i)], : s_i.shape[-1]] = s_i
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [
+            pool.submit(sweep, T, left, lambda i: i),
+            pool.submit(sweep, _antitranspose(T), right, lambda i: length - i),
+        ]
+        for job in jobs:
+            job.result()
+    return s
+
+
+def effective_state_size(
+    T: Tensor,
+    tol: float = 1e-3,
+    relative: bool = True,
+    positions: Iterable[int] | Tensor | None = None,
+    spectrum: bool = False,
+    check_causal: bool = True,
+    causal_tol: float = 1e-6,
+) -> EssResult:
+    """ESS of a materialised causal operator at every split position.
+
+    T: (..., L, L) real tensor, lower-triangular; leading dims (batch, layer, head, channel)
+       are independent operators. Computed in float64 on T's device.
+    tol: threshold of tolerance-ESS, relative to s_1(H_i) (relative=True) or absolute.
+    positions: split positions to evaluate (default 1 .. L-1), e.g. range(1, L, 8) for a stride.
+    spectrum: also return the singular values of every H_i.
+    check_causal: refuse T whose upper triangle exceeds causal_tol * max|T|; with False only
+       the lower triangle enters H_i anyway.
+
+    Singular values come from the smaller Gram matrix of H_i (min(i, L-i) square) in float64,
+    updated by a rank-1 term per position; they agree with an SVD of H_i down to about
+    sqrt(n * eps) * s_1 (~1e-7 s_1), far below any tolerance used in practice.
+    Returns EssResult with tolerance/entropy of shape (..., P).
+    """
+    _check_tol(tol)
+    _check_operator(T, check_causal, causal_tol)
+    split = _split_positions(positions, T.shape[-1])
+    s = _dense_spectra(T.to(torch.float64), split)
+    return _result(s, split.to(T.device), tol, relative, spectrum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Realisation path: square-root Gramians of x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t
+#
+# H_i = O_i R_i with R_i = [A_{i-1}..A_1 B_0, ..., A_{i-1} B_{i-2}, B_{i-1}]   (N x i)
+#                    O_i = rows C_t^T A_t .. A_i for t = i .. L-1              ((L-i) x N)
+# Reachability  P_i = R_i R_i^T:  P_{i+1} = A_i P_i A_i^T + B_i B_i^T,   P_0 = 0
+# Observability O_i^T O_i = A_i^T W_i A_i with
+#               W_i = C_i C_i^T + A_{i+1}^T W_{i+1} A_{i+1},             W_L = 0
+# With P_i = F_i F_i^T and W_i = G_i G_i^T:  s(H_i) = s(G_i^T A_i F_i), an N x N matrix.
+
+
+def _check_realisation(A: Tensor, B: Tensor, C: Tensor) -> tuple[bool, torch.Size]:
+    """Validate shapes; return (A is diagonal, broadcast batch shape)."""
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_complex():
+            raise ValueError(f"{name} must be real, got dtype {x.dtype}")
+    if B.dim() < 2 or C.dim() < 2 or B.shape[-2:] != C.shape[-2:]:
+        raise ValueError(
+            f"B and C must both have shape (..., L, N) with the same L and N, got B "
+            f"{tuple(B.shape)} and C {tuple(C.shape)}"
+        )
+    length, n = B.shape[-2:]
+    if A.dim() >= 2 and A.shape[-2:] == (length, n):
+        diagonal, a_batch = True, A.shape[:-2]
+    elif A.dim() >= 3 and A.shape[-3:] == (length, n, n):
+        diagonal, a_batch = False, A.shape[:-3]
+    else:
+        raise ValueError(
+            f"A must have shape (..., L, N) (diagonal transitions) or (..., L, N, N) (dense) with "
+            f"L={length}, N={n} from B and C, got {tuple(A.shape)}"
+        )
+    try:
+        batch = torch.broadcast_shapes(a_batch, B.shape[:-2], C.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dimensions of A {tuple(a_batch)}, B {tuple(B.shape[:-2])} and C "
+            f"{tuple(C.shape[:-2])} do not broadcast"
+        ) from None
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        _check_finite(name, x)
+    return diagonal, batch
+
+
+def _apply_transition(A_t: Tensor, X: Tensor, diagonal: bool, transpose: bool = False) -> Tensor:
+    """A_t X (or A_t^T X). A_t: (..., N) diagonal or (..., N, N) dense; X: (..., N, k)."""
+    if diagonal:
+        return A_t[..., :, None] * X
+    return (A_t.mT if transpose else A_t) @ X
+
+
+def _compress(X: Tensor) -> Tensor:
+    """Square-root factor of X X^T: (b, N, k) -> lower-triangular (b, N, N), by a QR of X^T."""
+    return torch.linalg.qr(X.mT, mode="r").R.mT
+
+
+def _square_root_gramians(A: Tensor, B: Tensor, C: Tensor, diagonal: bool) -> tuple[Tensor, Tensor]:
+    """F_i (P_i = F F^T) and G_i (W_i = G G^T) for i = 0 .. L-1.
+
+    A: (b, L, N) or (b, L, N, N); B, C: (b, L, N) float64 -> F, G: (b, L, N, N).
+    The forward (F) and backward (G) recursions are independent; each step compresses
+    [A_i F_i, B_i] and [C_i, A_{i+1}^T G_{i+1}] (N x (N+1)) back to N x N with one batched QR
+    of both, so a step costs one library call whatever the batch size.
+    """
+    b, length, n = B.shape
+    F = B.new_zeros(b, length, n, n)
+    G = B.new_zeros(b, length, n, n)
+    f = B.new_zeros(b, n, n)  # F_0 = 0: nothing reached before the first input
+    g = B.new_zeros(b, n, n)  # G_L = 0: nothing observed after the last output
+    for i in range(length):
+        j = length - 1 - i
+        F[:, i] = f
+        carried = _apply_transition(A[:, j + 1], g, diagonal, transpose=True) if i else g
+        reach = torch.cat([_apply_transition(A[:, i], f, diagonal), B[:, i, :, None]], dim=-1)
+        observe = torch.cat([C[:, j, :, None], carried], dim=-1)
+        f, g = _compress(torch.cat([reach, observe])).split(b)
+        G[:, j] = g
+    return F, G
+
+
+def _hankel_singular_values(
+    A: Tensor, F: Tensor, G: Tensor, split: Tensor, diagonal: bool, block: int = 256
+) -> Tensor:
+    """s(H_i) = s(G_i^T A_i F_i) at the split positions. A: (b, L, N[, N]); F, G: (b, L, N, N)
+    -> (b, P, N). Positions go a block at a time (small temporaries); each block's SVDs are
+    split over the threads, since LAPACK takes one small matrix at a time on one core."""
+    workers = torch.get_num_threads() if F.device.type == "cpu" else 1
+    blocks = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for idx in split.split(block):
+            M = G[:, idx].mT @ _apply_transition(A[:, idx], F[:, idx], diagonal)
+            parts = pool.map(torch.linalg.svdvals, M.flatten(0, 1).chunk(workers))
+            blocks.append(torch.cat(list(parts)).unflatten(0, M.shape[:2]))
+    return torch.cat(blocks, dim=1)
+
+
+def effective_state_size_ssm(
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    tol: float = 1e-3,
+    relative: bool = True,
+    positions: Iterable[int] | Tensor | None = None,
+    spectrum: bool = False,
+) -> EssResult:
+    """ESS of the operator of x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t, never materialised.
+
+    A: (..., L, N) diagonal transitions or (..., L, N, N) dense ones; B, C: (..., L, N);
+       batch dims broadcast. T[t, j] = C_t^T A_t .. A_{j+1} B_j (j < t), T[t, t] = C_t . B_t.
+    Other arguments as in `effective_state_size`. Exact (orthogonal square-root recursions in
+    float64), O(L N^3) time and O(L N^2) memory per channel; the batch is processed in chunks
+    that keep the stored factors under SSM_FACTOR_BUDGET_BYTES.
+    Returns EssResult with tolerance/entropy of shape (..., P).
+    """
+    _check_tol(tol)
+    diagonal, batch = _check_realisation(A, B, C)
+    length, n = B.shape[-2:]
+    split = _split_positions(positions, length)
+    a_shape = (*batch, length, n) if diagonal else (*batch, length, n, n)
+    A = A.to(torch.float64).expand(a_shape).reshape(-1, *a_shape[len(batch) :])
+    B = B.to(torch.float64).expand(*batch, length, n).reshape(-1, length, n)
+    C = C.to(torch.float64).expand(*batch, length, n).reshape(-1, length, n)
+
+    chunk = max(1, SSM_FACTOR_BUDGET_BYTES // (2 * length * n * n * 8))
+    spectra = []
+    for lo in range(0, B.shape[0], chunk):
+        hi = lo + chunk
+        F, G = _square_root_gramians(A[lo:hi], B[lo:hi], C[lo:hi], diagonal)
+        spectra.append(_hankel_singular_values(A[lo:hi], F, G, split, diagonal))
+    s = torch.cat(spectra).reshape(*batch, len(split), n)
+    return _result(s, split.to(B.device), tol, relative, spectrum)

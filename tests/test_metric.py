@@ -1,0 +1,237 @@
+"""The metric: fast paths against the naive definition, properties, and input errors."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ess import (
+    effective_state_size,
+    effective_state_size_naive,
+    effective_state_size_ssm,
+)
+from ess.metric import entropy_ess, tolerance_ess
+
+
+def materialise(A, B, C):
+    """T[t, j] = C_t^T A_t .. A_{j+1} B_j, the slow obvious way. A diagonal (..., L, N) or dense."""
+    diagonal = A.dim() == B.dim()
+    length = B.shape[-2]
+    T = torch.zeros(*B.shape[:-2], length, length, dtype=torch.float64)
+    for j in range(length):
+        x = B[..., j, :].double()
+        for t in range(j, length):
+            if t > j:
+                x = A[..., t, :] * x if diagonal else (A[..., t, :, :] @ x[..., None])[..., 0]
+            T[..., t, j] = (C[..., t, :] * x).sum(-1)
+    return T
+
+
+def random_realisation(seed, batch=(2,), length=24, n=4, diagonal=True):
+    g = torch.Generator().manual_seed(seed)
+    if diagonal:
+        A = 0.3 + 0.65 * torch.rand(*batch, length, n, generator=g, dtype=torch.float64)
+    else:
+        A = 0.4 * torch.randn(*batch, length, n, n, generator=g, dtype=torch.float64)
+    B = torch.randn(*batch, length, n, generator=g, dtype=torch.float64)
+    C = torch.randn(*batch, length, n, generator=g, dtype=torch.float64)
+    return A, B, C
+
+
+def random_attention(seed, heads=3, length=40, d=8, window=None):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(heads, length, d, generator=g, dtype=torch.float64)
+    k = torch.randn(heads, length, d, generator=g, dtype=torch.float64)
+    i = torch.arange(length)
+    allowed = i[:, None] >= i[None, :]
+    if window is not None:
+        allowed &= i[:, None] - i[None, :] < window
+    scores = (q @ k.mT / math.sqrt(d)).masked_fill(~allowed, -math.inf)
+    return scores.softmax(-1)
+
+
+def assert_same(r, ref):
+    assert torch.equal(r.positions.cpu(), ref.positions)
+    assert torch.equal(r.tolerance, ref.tolerance)
+    torch.testing.assert_close(r.entropy, ref.entropy, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("window", [None, 7])
+def test_dense_path_equals_definition_on_attention(seed, window):
+    T = random_attention(seed, window=window)
+    assert_same(effective_state_size(T), effective_state_size_naive(T))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_path_equals_definition_on_rank_deficient_operator(seed):
+    # Linear attention with d=3: every H_i has rank <= 3 and many exact zero singular values.
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 2, 50, 3, generator=g, dtype=torch.float64)
+    T = torch.tril(q @ k.mT)
+    ref = effective_state_size_naive(T)
+    assert_same(effective_state_size(T), ref)
+    assert ref.tolerance.max() == 3
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_realisation_path_equals_definition(seed, diagonal):
+    A, B, C = random_realisation(seed, diagonal=diagonal)
+    T = materialise(A, B, C)
+    ref = effective_state_size_naive(T)
+    assert_same(effective_state_size_ssm(A, B, C), ref)
+    assert_same(effective_state_size(T), ref)
+
+
+def test_realisation_path_broadcasts_batch_dims():
+    A, B, C = random_realisation(0, batch=(1, 3), n=3)
+    B2 = torch.cat([B, 2 * B])  # (2, 3, L, N): A and C broadcast over the first dim
+    r = effective_state_size_ssm(A, B2, C)
+    assert r.tolerance.shape == (2, 3, B.shape[-2] - 1)
+    ref = effective_state_size_naive(
+        materialise(A.expand(2, 3, -1, -1), B2, C.expand(2, 3, -1, -1))
+    )
+    assert_same(r, ref)
+
+
+def test_float32_inputs_are_computed_in_float64():
+    A, B, C = random_realisation(1)
+    r32 = effective_state_size_ssm(A.float(), B.float(), C.float())
+    r64 = effective_state_size_ssm(A.float().double(), B.float().double(), C.float().double())
+    assert_same(r32, r64)
+    assert r32.entropy.dtype == torch.float64 and r32.tolerance.dtype == torch.int64
+
+
+@pytest.mark.parametrize("relative, tol", [(True, 1e-2), (False, 0.05)])
+def test_positions_subset_and_spectrum(relative, tol):
+    A, B, C = random_realisation(2, length=30)
+    T = materialise(A, B, C)
+    positions = range(1, 30, 4)
+    ref = effective_state_size_naive(T, tol=tol, relative=relative, spectrum=True)
+    for r in (
+        effective_state_size(T, tol=tol, relative=relative, positions=positions, spectrum=True),
+        effective_state_size_ssm(
+            A, B, C, tol=tol, relative=relative, positions=positions, spectrum=True
+        ),
+    ):
+        assert r.positions.tolist() == list(positions)
+        picked = torch.tensor(list(positions)) - 1
+        assert torch.equal(r.tolerance, ref.tolerance[..., picked])
+        torch.testing.assert_close(r.entropy, ref.entropy[..., picked], rtol=1e-6, atol=1e-12)
+        n = min(r.spectrum.shape[-1], ref.spectrum.shape[-1])
+        torch.testing.assert_close(
+            r.spectrum[..., :n], ref.spectrum[..., picked, :n], rtol=1e-6, atol=1e-9
+        )
+
+
+def test_entropy_of_r_equal_singular_values_is_r():
+    s = torch.tensor([[2.0, 2.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5])
+    torch.testing.assert_close(entropy_ess(s), torch.tensor([3.0, 1.0, 0.0]))
+    assert tolerance_ess(s, 1e-3).tolist() == [3, 1, 0]
+
+
+def test_all_zero_operator_has_zero_ess():
+    r = effective_state_size(torch.zeros(2, 10, 10))
+    assert r.tolerance.eq(0).all() and r.entropy.eq(0).all()
+
+
+def test_ess_falls_near_both_ends():
+    A, B, C = random_realisation(3, batch=(), length=40, n=6)
+    r = effective_state_size_ssm(A, B, C)
+    i = r.positions
+    bound = torch.minimum(i, 40 - i)
+    assert (r.tolerance <= bound).all()
+    assert r.tolerance[0] == 1 and r.tolerance[-1] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+
+
+operators = st.integers(0, 2**31 - 1).map(
+    lambda seed: torch.tril(
+        torch.randn(12, 12, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=operators, scale=st.floats(1e-6, 1e6))
+def test_relative_mode_is_scale_invariant(T, scale):
+    r, rs = effective_state_size(T), effective_state_size(scale * T)
+    assert torch.equal(r.tolerance, rs.tolerance)
+    torch.testing.assert_close(r.entropy, rs.entropy, rtol=1e-9, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=operators)
+def test_ess_is_bounded_by_the_hankel_shape(T):
+    r = effective_state_size(T)
+    bound = torch.minimum(r.positions, 12 - r.positions)
+    assert (r.tolerance <= bound).all()
+    assert (r.entropy <= bound + 1e-9).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=operators, tols=st.lists(st.floats(1e-8, 0.9), min_size=2, max_size=4))
+def test_tolerance_ess_is_monotone_in_tol(T, tols):
+    counts = [effective_state_size(T, tol=t).tolerance for t in sorted(tols)]
+    for looser, stricter in zip(counts, counts[1:], strict=False):
+        assert (looser >= stricter).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error before any work
+
+
+def test_non_square_operator_is_refused():
+    with pytest.raises(ValueError, match=r"square.*\(3, 4\)"):
+        effective_state_size(torch.zeros(3, 4))
+
+
+def test_non_causal_operator_is_refused_unless_asked():
+    T = torch.tril(torch.ones(6, 6))
+    T[1, 4] = 0.5
+    with pytest.raises(ValueError, match=r"not causal.*\[1, 4\].*check_causal=False"):
+        effective_state_size(T)
+    r = effective_state_size(T, check_causal=False)
+    assert torch.equal(r.tolerance, effective_state_size(torch.tril(T)).tolerance)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_values_are_named_with_their_index(bad):
+    T = torch.tril(torch.ones(2, 5, 5))
+    T[1, 3, 2] = bad
+    with pytest.raises(ValueError, match=r"T contains (nan|inf) at index \(1, 3, 2\)"):
+        effective_state_size(T)
+    A, B, C = random_realisation(0)
+    B[0, 5, 1] = bad
+    with pytest.raises(ValueError, match=r"B contains (nan|inf) at index \(0, 5, 1\)"):
+        effective_state_size_ssm(A, B, C)
+
+
+@pytest.mark.parametrize("tol", [0, -1e-3, math.nan])
+def test_non_positive_tol_is_refused(tol):
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        effective_state_size(torch.eye(4), tol=tol)
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        effective_state_size_ssm(*random_realisation(0), tol=tol)
+
+
+def test_realisation_shape_mismatches_are_named():
+    A, B, C = random_realisation(0, length=10, n=4)
+    with pytest.raises(ValueError, match=r"B and C .* \(2, 10, 4\) and C \(2, 10, 3\)"):
+        effective_state_size_ssm(A, B, C[..., :3])
+    with pytest.raises(ValueError, match=r"A must have shape .* L=10, N=4 .* \(2, 9, 4\)"):
+        effective_state_size_ssm(A[:, :9], B, C)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        effective_state_size_ssm(A, B[:1].expand(3, -1, -1), C)
+
+
+@pytest.mark.parametrize("positions", [[0, 3], [5, 10], [1.5], []])
+def test_positions_out_of_range_are_refused(positions):
+    with pytest.raises(ValueError, match="positions must"):
+        effective_state_size(torch.eye(10), positions=positions)
