@@ -121,9 +121,13 @@ def test_positions_subset_and_spectrum(relative, tol):
         picked = torch.tensor(list(positions)) - 1
         assert torch.equal(r.tolerance, ref.tolerance[..., picked])
         torch.testing.assert_close(r.entropy, ref.entropy[..., picked], rtol=1e-6, atol=1e-12)
+        # the Gram route resolves singular values down to ~sqrt(n eps) s_1, not eps s_1
         n = min(r.spectrum.shape[-1], ref.spectrum.shape[-1])
         torch.testing.assert_close(
-            r.spectrum[..., :n], ref.spectrum[..., picked, :n], rtol=1e-6, atol=1e-9
+            r.spectrum[..., :n],
+            ref.spectrum[..., picked, :n],
+            rtol=1e-6,
+            atol=1e-7 * ref.spectrum.max().item(),
         )
 
 

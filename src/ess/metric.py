@@ -213,7 +213,7 @@ def _gram_singular_values(eigenvalues: Tensor) -> Tensor:
     are set to zero (an SVD of H_i would return them as ~eps * s_1, just as negligible).
     """
     n = eigenvalues.shape[-1]
-    floor = n * FLOAT64_EPS * eigenvalues.amax(dim=-1, keepdim=True)
+    floor = 0.1 * n * FLOAT64_EPS * eigenvalues.amax(dim=-1, keepdim=True)
     return torch.where(eigenvalues > floor, eigenvalues, 0.0).sqrt()
 
 
@@ -301,9 +301,13 @@ def _check_realisation(A: Tensor, B: Tensor, C: Tensor) -> tuple[bool, torch.Siz
             f"{tuple(B.shape)} and C {tuple(C.shape)}"
         )
     length, n = B.shape[-2:]
-    if A.dim() >= 2 and A.shape[-2:] == (length, n):
+    fits_dense = A.dim() >= 3 and A.shape[-3:] == (length, n, n)
+    fits_diagonal = A.dim() >= 2 and A.shape[-2:] == (length, n)
+    if fits_dense and fits_diagonal:  # L == N: only the number of dims can tell
+        fits_diagonal = A.dim() <= B.dim()
+    if fits_diagonal:
         diagonal, a_batch = True, A.shape[:-2]
-    elif A.dim() >= 3 and A.shape[-3:] == (length, n, n):
+    elif fits_dense:
         diagonal, a_batch = False, A.shape[:-3]
     else:
         raise ValueError(
@@ -386,7 +390,8 @@ def effective_state_size_ssm(
     """ESS of the operator of x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t, never materialised.
 
     A: (..., L, N) diagonal transitions or (..., L, N, N) dense ones; B, C: (..., L, N);
-       batch dims broadcast. T[t, j] = C_t^T A_t .. A_{j+1} B_j (j < t), T[t, t] = C_t . B_t.
+       batch dims broadcast (when L == N, a dense A needs at least one more dim than B).
+       T[t, j] = C_t^T A_t .. A_{j+1} B_j (j < t), T[t, t] = C_t . B_t.
     Other arguments as in `effective_state_size`. Exact (orthogonal square-root recursions in
     float64), O(L N^3) time and O(L N^2) memory per channel; the batch is processed in chunks
     that keep the stored factors under SSM_FACTOR_BUDGET_BYTES.

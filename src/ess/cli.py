@@ -1,0 +1,61 @@
+"""The `ess` command line. Each subcommand is an (add_arguments, run) pair in SUBCOMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", type=Path, help="result files or their manifests")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Print every file behind each result with OK/MISMATCH/MISSING; 1 if any is not OK."""
+    from ess.provenance import check_chain
+
+    first_problem = None
+    for result in args.results:
+        print(f"# {result}")
+        for check in check_chain(result):
+            print(
+                f"{check.status:<8} {check.path}" + (f"  ({check.detail})" if check.detail else "")
+            )
+            if not check.ok and first_problem is None:
+                first_problem = check
+    if first_problem is not None:
+        print(f"ess audit: first problem: {first_problem.describe()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+SUBCOMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "audit": (
+        "re-hash every file in the manifest chain behind results",
+        add_audit_arguments,
+        run_audit,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ess", description="Effective state-size tools.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(subparser)
+        subparser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""Token sequences of real passages joined by a context delimiter, and the ESS drop it causes.
+
+E6 (the paper's Figure 7) traces ESS_i along text and asks whether it falls right after a
+context delimiter. `build_delimited_sequence` joins passages with the delimiter under study and
+builds two matched CONTROLS from the same passages in the same order:
+
+| condition   | between passage k and k+1                      | next passage encoded as |
+|-------------|------------------------------------------------|-------------------------|
+| delimited   | the delimiter's tokens (below)                 | "passage"               |
+| removed     | nothing (the passages joined by one space)     | " passage"              |
+| neutral     | the token(s) of "," (NEUTRAL_TEXT)             | " passage"              |
+
+Delimiters (our choices; the paper's exact strings are unknown):
+
+- "eos": the tokenizer's eos token id (documents packed as in pretraining);
+- "blank_line": the tokens of "\\n\\n";
+- "end_of_speech": the tokenizer's chat end-of-turn token followed by "\\n" when its vocabulary
+  has one of END_OF_TURN_TOKENS (e.g. "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>");
+  otherwise a closing double quote and a newline ('"\\n', END_OF_SPEECH_TEXT), the mark that
+  ends a quoted speech in prose.
+
+Every segment (a passage, a delimiter) is tokenized on its own, without special tokens, so a
+passage's tokens never merge with the delimiter's and the delimiter's tokens sit exactly where
+reported. In each condition passage k+1 starts at that condition's `boundaries[k, 1]`:
+boundaries are matched across conditions by their index k (absolute positions differ by the
+delimiters' lengths).
+
+Position conventions. Tokens are 0-based. A split i (1 <= i <= L-1) has past tokens 0..i-1, so
+ESS_i is the state "after reading token i-1". For boundary k with p = last token of passage k and
+n = first token of passage k+1 (the delimiter occupies p+1 .. n-1):
+
+- before window: the states after reading the last `before` tokens of passage k,
+  splits i = p-before+2 .. p+1;
+- at the delimiter: the state after reading the delimiter's last token, split i = n;
+- after window: the states after reading the first `after` tokens of passage k+1,
+  splits i = n+1 .. n+after.
+
+Both windows cover passage tokens only, so they hold the same text in every condition.
+drop = mean ESS(before) - mean ESS(after) (> 0: ESS falls after the delimiter), and
+drop_vs_control = drop - the same boundary's drop in the control. Because ESS_i <= min(i, L-i),
+a boundary whose windows come within `boundary_margin` splits of either end of the sequence is
+flagged `near_end` and summarised apart (`summarise_drops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ess.stats import bootstrap_mean_ci
+
+DELIMITERS = ("eos", "blank_line", "end_of_speech")
+CONTROLS = ("removed", "neutral")
+BLANK_LINE_TEXT = "\n\n"
+NEUTRAL_TEXT = ","
+END_OF_SPEECH_TEXT = '"\n'
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|end_of_turn|>",
+    "<|endofturn|>",
+)
+
+
+class Tokenizer(Protocol):
+    """What is used of a tokenizer (a transformers tokenizer has all of it).
+
+    encode(text, add_special_tokens=False) -> list[int] (or an object with `.ids`);
+    eos_token_id (for "eos"), bos_token_id (for add_bos=True), get_vocab() (for
+    "end_of_speech"; a tokenizer without it uses the fallback text).
+    """
+
+    eos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> Any: ...
+
+
+@dataclass(frozen=True, eq=False)
+class DelimitedSequence:
+    """One token sequence of passages and what lies between them.
+
+    condition:  "delimited", "removed" or "neutral"
+    delimiter:  the delimiter under study ("eos", "blank_line", "end_of_speech")
+    separator:  the tokens placed between passages in THIS condition, as a list of ids
+    separator_text: a readable description of them ("" for removed)
+    input_ids:  (1, L) int64
+    passage_spans: (P, 2) int64, [start, stop) of each passage (the last may be cut at L)
+    passage_index: (P,) int64, which of the given passages each one is
+    boundaries: (K, 2) int64, [p, n] per boundary: last token of passage k, first of k+1
+    controls:   {"removed": ..., "neutral": ...} for the delimited sequence, {} for a control;
+                boundary k of a control is the same pair of passages as boundary k here.
+    """
+
+    condition: str
+    delimiter: str
+    separator: tuple[int, ...]
+    separator_text: str
+    input_ids: torch.Tensor
+    passage_spans: np.ndarray
+    passage_index: np.ndarray
+    boundaries: np.ndarray
+    controls: dict[str, DelimitedSequence] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def delimiter_start(self) -> np.ndarray:
+        """(K,) first token of each delimiter (= next passage's start for an empty one)."""
+        return self.boundaries[:, 0] + 1
+
+    @property
+    def delimiter_end(self) -> np.ndarray:
+        """(K,) last token of each delimiter: the position where the delimiter ends."""
+        return self.boundaries[:, 1] - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer access
+
+
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of text, no special tokens added (transformers or `tokenizers` objects)."""
+    out = tokenizer.encode(text, add_special_tokens=False)
+    ids = out.ids if hasattr(out, "ids") else out
+    return [int(i) for i in ids]
+
+
+def end_of_turn_token(tokenizer: Tokenizer) -> tuple[str, int] | None:
+    """The first of END_OF_TURN_TOKENS in the tokenizer's vocabulary, with its id, or None."""
+    if not hasattr(tokenizer, "get_vocab"):
+        return None
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab:
+            return token, int(vocab[token])
+    return None
+
+
+def delimiter_tokens(tokenizer: Tokenizer, delimiter: str) -> tuple[list[int], str]:
+    """(ids, description) of a named delimiter for this tokenizer (see the module docstring)."""
+    if delimiter == "eos":
+        if getattr(tokenizer, "eos_token_id", None) is None:
+            raise ValueError("delimiter 'eos' needs a tokenizer with an eos_token_id, it has none")
+        return [int(tokenizer.eos_token_id)], f"eos token {tokenizer.eos_token_id}"
+    if delimiter == "blank_line":
+        return encode(tokenizer, BLANK_LINE_TEXT), repr(BLANK_LINE_TEXT)
+    if delimiter == "end_of_speech":
+        found = end_of_turn_token(tokenizer)
+        if found is not None:
+            token, token_id = found
+            return [token_id, *encode(tokenizer, "\n")], f"{token} + '\\n'"
+        return encode(tokenizer, END_OF_SPEECH_TEXT), repr(END_OF_SPEECH_TEXT)
+    raise ValueError(f"delimiter must be one of {DELIMITERS}, got {delimiter!r}")
+
+
+def separator_tokens(tokenizer: Tokenizer, delimiter: str, condition: str) -> tuple[list[int], str]:
+    """(ids, description) placed between passages in a condition."""
+    if condition == "delimited":
+        return delimiter_tokens(tokenizer, delimiter)
+    if condition == "removed":
+        return [], ""
+    if condition == "neutral":
+        return encode(tokenizer, NEUTRAL_TEXT), repr(NEUTRAL_TEXT)
+    raise ValueError(f"condition must be 'delimited' or one of {CONTROLS}, got {condition!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the sequences
+
+
+def contains(ids: Sequence[int], pattern: Sequence[int]) -> bool:
+    """Whether `pattern` occurs contiguously in `ids` (never, for an empty pattern)."""
+    ids, pattern, n = list(ids), list(pattern), len(pattern)
+    return n > 0 and any(ids[i : i + n] == pattern for i in range(len(ids) - n + 1))
+
+
+def _join(
+    first: list[int], passages: Sequence[list[int]], separator: list[int], n_tokens: int
+) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """Concatenate first + (separator + passage)*, cut at n_tokens.
+
+    Returns (ids, passage_spans (P, 2), boundaries (K, 2)), or None when the passages run out
+    before n_tokens. A boundary counts when the next passage's first token is inside.
+    """
+    ids = list(first)
+    spans = []
+    for k, passage in enumerate(passages):
+        if k > 0:
+            ids.extend(separator)
+        if len(ids) >= n_tokens:
+            break
+        spans.append((len(ids), min(len(ids) + len(passage), n_tokens)))
+        ids.extend(passage)
+        if len(ids) >= n_tokens:
+            break
+    if len(ids) < n_tokens:
+        return None
+    spans_array = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    boundaries = np.stack([spans_array[:-1, 1] - 1, spans_array[1:, 0]], axis=1)
+    return ids[:n_tokens], spans_array, boundaries
+
+
+def build_delimited_sequence(
+    tokenizer: Tokenizer,
+    passages: Sequence[str],
+    delimiter: str,
+    n_tokens: int,
+    seed: int = 0,
+    add_bos: bool = False,
+) -> DelimitedSequence:
+    """Passages joined by a delimiter, with its "removed" and "neutral" controls.
+
+    tokenizer: see `Tokenizer`. passages: texts (e.g. `ess.text.load_passages`); a seeded
+    permutation (numpy default_rng(seed)) picks their order, and passages are added in that order
+    until the sequence has n_tokens tokens (the last one is cut). The three conditions use the
+    same passages in the same order, each cut at n_tokens, and keep the boundaries all three have
+    (K = the smallest count). add_bos: start every sequence with the tokenizer's bos token.
+    Returns the delimited sequence, with the controls in `.controls`.
+    """
+    if n_tokens < 2:
+        raise ValueError(f"n_tokens must be >= 2, got {n_tokens}")
+    if len(passages) < 2:
+        raise ValueError(f"need at least 2 passages to make a boundary, got {len(passages)}")
+    first: list[int] = []
+    if add_bos:
+        if getattr(tokenizer, "bos_token_id", None) is None:
+            raise ValueError("add_bos=True needs a tokenizer with a bos_token_id, it has none")
+        first = [int(tokenizer.bos_token_id)]
+    order = np.random.default_rng(seed).permutation(len(passages))
+    separators = {c: separator_tokens(tokenizer, delimiter, c) for c in ("delimited", *CONTROLS)}
+    # Passage k as it follows the delimiter (bare) or a space (spaced); the first opens the
+    # sequence, so it is encoded bare in every condition.
+    bare: list[list[int]] = []
+    spaced: list[list[int]] = []
+
+    def length(condition: str) -> int:
+        encoded = bare if condition == "delimited" else spaced
+        n_separators = max(len(encoded) - 1, 0)
+        separator = separators[condition][0]
+        return len(first) + sum(map(len, encoded)) + n_separators * len(separator)
+
+    delimiter_ids = separators["delimited"][0]
+    for index in order:
+        if all(length(c) >= n_tokens for c in separators):
+            break
+        bare.append(encode(tokenizer, passages[index]))
+        spaced.append(encode(tokenizer, " " + passages[index]) if spaced else bare[-1])
+        if not bare[-1]:
+            raise ValueError(f"passage {index} encodes to no tokens: {passages[index]!r}")
+        if any(contains(ids, delimiter_ids) for ids in (bare[-1], spaced[-1])):
+            raise ValueError(
+                f"passage {index} already contains the {delimiter!r} delimiter's tokens "
+                f"{delimiter_ids}: its boundaries would not be the only delimiters"
+            )
+    built = {}
+    for condition, (separator, text) in separators.items():
+        joined = _join(first, bare if condition == "delimited" else spaced, separator, n_tokens)
+        if joined is None:
+            raise ValueError(
+                f"the {len(passages)} passages give fewer than n_tokens={n_tokens} tokens in "
+                f"condition {condition!r}: pass more passages or a smaller n_tokens"
+            )
+        built[condition] = (separator, text, *joined)
+    n_common = min(b[-1].shape[0] for b in built.values())
+    if n_common == 0:
+        raise ValueError(f"n_tokens={n_tokens} holds no passage boundary: make it larger")
+    sequences = {
+        condition: DelimitedSequence(
+            condition=condition,
+            delimiter=delimiter,
+            separator=tuple(separator),
+            separator_text=text,
+            input_ids=torch.tensor([ids], dtype=torch.long),
+            passage_spans=spans,
+            passage_index=order[: len(spans)].astype(np.int64),
+            boundaries=boundaries[:n_common],
+        )
+        for condition, (separator, text, ids, spans, boundaries) in built.items()
+    }
+    controls = {c: sequences[c] for c in CONTROLS}
+    return replace(sequences["delimited"], controls=controls)
+
+
+# ---------------------------------------------------------------------------------------------
+# The drop at each boundary
+
+
+def as_trace(trace: Any, seq_len: int | None = None, value: str = "ess") -> tuple[pd.Series, int]:
+    """(ESS indexed by split position, L) from any of the trace forms `delimiter_drop` takes.
+
+    trace: (L-1,) array or tensor for splits 1..L-1; a Series indexed by split position; or a
+    DataFrame with a "position" column and a `value` column (e.g. a strided trace). seq_len: L;
+    inferred as len + 1 for an array and as the largest position + 1 otherwise (pass it for a
+    trace that leaves out the last splits).
+    """
+    if isinstance(trace, pd.DataFrame):
+        missing = {"position", value} - set(trace.columns)
+        if missing:
+            raise ValueError(f"trace DataFrame lacks columns {sorted(missing)}: {list(trace)}")
+        series = pd.Series(trace[value].to_numpy(float), index=trace["position"].to_numpy(int))
+    elif isinstance(trace, pd.Series):
+        series = pd.Series(trace.to_numpy(float), index=trace.index.to_numpy(int))
+    else:
+        values = np.asarray(trace.detach().cpu() if isinstance(trace, torch.Tensor) else trace)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"trace array must have shape (L-1,), got {values.shape}")
+        series = pd.Series(values.astype(float), index=np.arange(1, values.size + 1))
+    if series.index.has_duplicates:
+        raise ValueError("trace has duplicate split positions")
+    if series.index.min() < 1:
+        raise ValueError(f"split positions start at 1, trace has {series.index.min()}")
+    length = int(series.index.max()) + 1 if seq_len is None else int(seq_len)
+    if length <= series.index.max():
+        raise ValueError(f"seq_len={length} but the trace has split {series.index.max()}")
+    return series.sort_index(), length
+
+
+def window_mean(trace: pd.Series, first: int, last: int) -> float:
+    """Mean of the trace over split positions first..last present in it (NaN if none)."""
+    inside = trace.loc[(trace.index >= first) & (trace.index <= last)]
+    return float(inside.mean()) if inside.size else float("nan")
+
+
+def boundary_windows(boundaries: np.ndarray, before: int, after: int) -> np.ndarray:
+    """(K, 2) boundaries [p, n] -> (K, 5) splits [before_first, before_last, at, after_first,
+    after_last] (see the module docstring)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    p, n = bounds[:, 0], bounds[:, 1]
+    return np.stack([p - before + 2, p + 1, n, n + 1, n + after], axis=1)
+
+
+def _check_windows(boundaries: np.ndarray, windows: np.ndarray, name: str) -> None:
+    """Each boundary's windows must be passage tokens: no overlap with its neighbours'."""
+    if np.any(boundaries[:, 1] <= boundaries[:, 0]):
+        raise ValueError(f"{name}: every boundary needs p < n, got {boundaries.tolist()}")
+    clash = np.flatnonzero(windows[1:, 0] <= windows[:-1, 4])
+    if clash.size:
+        k = int(clash[0])
+        raise ValueError(
+            f"{name}: the after window of boundary {k} (to split {windows[k, 4]}) reaches the "
+            f"before window of boundary {k + 1} (from split {windows[k + 1, 0]}): a passage is "
+            "shorter than before + after tokens; make them smaller"
+        )
+
+
+def trace_drops(
+    trace: pd.Series, length: int, boundaries: np.ndarray, before: int, after: int, margin: int
+) -> pd.DataFrame:
+    """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    windows = boundary_windows(bounds, before, after)
+    rows = []
+    for (p, n), (b0, b1, at, a0, a1) in zip(bounds.tolist(), windows.tolist(), strict=True):
+        ess_before, ess_after = window_mean(trace, b0, b1), window_mean(trace, a0, a1)
+        rows.append(
+            {
+                "prev_end": p,
+                "next_start": n,
+                "ess_before": ess_before,
+                "ess_at_delimiter": window_mean(trace, at, at),
+                "ess_after": ess_after,
+                "drop": ess_before - ess_after,
+                # ESS_i <= min(i, L - i): windows this close to an end measure the bound
+                "near_end": bool(min(b0, length - a1) < max(margin, 1)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def delimiter_drop(
+    ess_trace: Any,
+    boundary_positions: np.ndarray,
+    control_trace: Any,
+    control_positions: np.ndarray,
+    before: int = 8,
+    after: int = 8,
+    boundary_margin: int = 32,
+    seq_len: int | None = None,
+    control_seq_len: int | None = None,
+    value: str = "ess",
+) -> pd.DataFrame:
+    """ESS just before vs just after each delimiter, minus the same in a control.
+
+    ess_trace, control_trace: ESS per split position of the delimited sequence and of a control
+    (forms: `as_trace`). boundary_positions, control_positions: (K, 2) [p, n] per boundary
+    (`DelimitedSequence.boundaries`), boundary k being the same passage pair in both.
+    before, after: window sizes in tokens (module docstring). boundary_margin: a boundary whose
+    windows come within this many splits of either end of either sequence is flagged near_end
+    (ESS_i <= min(i, L-i) there) and left out of `summarise_drops`'s interior estimate.
+
+    Returns one row per boundary k: boundary, prev_end, next_start, ess_before,
+    ess_at_delimiter, ess_after, drop (= ess_before - ess_after), the same with a control_
+    prefix, drop_vs_control (= drop - control_drop) and near_end. NaN where a strided trace has
+    no split in a window.
+    """
+    if before < 1 or after < 1:
+        raise ValueError(f"before and after must be >= 1, got before={before}, after={after}")
+    if boundary_margin < 0:
+        raise ValueError(f"boundary_margin must be >= 0, got {boundary_margin}")
+    bounds = np.asarray(boundary_positions, dtype=np.int64).reshape(-1, 2)
+    control_bounds = np.asarray(control_positions, dtype=np.int64).reshape(-1, 2)
+    if bounds.shape != control_bounds.shape:
+        raise ValueError(
+            f"boundary_positions {bounds.shape} and control_positions {control_bounds.shape} "
+            "must list the same boundaries"
+        )
+    for name, b in (("boundary_positions", bounds), ("control_positions", control_bounds)):
+        _check_windows(b, boundary_windows(b, before, after), name)
+    trace, length = as_trace(ess_trace, seq_len, value)
+    control, control_length = as_trace(control_trace, control_seq_len, value)
+    main = trace_drops(trace, length, bounds, before, after, boundary_margin)
+    ctrl = trace_drops(control, control_length, control_bounds, before, after, boundary_margin)
+    out = main.drop(columns="near_end")
+    out.insert(0, "boundary", np.arange(len(out)))
+    for column in ctrl.columns.drop("near_end"):
+        out[f"control_{column}"] = ctrl[column].to_numpy()
+    out["drop_vs_control"] = out["drop"] - out["control_drop"]
+    out["near_end"] = main["near_end"].to_numpy() | ctrl["near_end"].to_numpy()
+    return out
+
+
+def summarise_drops(
+    drops: pd.DataFrame,
+    column: str = "drop_vs_control",
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean of a drop column with a bootstrap CI, interior boundaries and near-end ones apart.
+
+    drops: `delimiter_drop`'s table. Returns rows "interior" (near_end False) and "near_end"
+    with columns n, mean, lo, hi (NaN when a group is empty); NaN drops are left out.
+    """
+    if column not in drops.columns:
+        raise ValueError(f"drops has no column {column!r}: {list(drops.columns)}")
+    rows = {}
+    for name, near in (("interior", False), ("near_end", True)):
+        values = drops.loc[drops["near_end"] == near, column].dropna().to_numpy(float)
+        mean, lo, hi = (
+            bootstrap_mean_ci(values, n_boot, confidence, seed) if values.size else (np.nan,) * 3
+        )
+        rows[name] = {"n": int(values.size), "mean": mean, "lo": lo, "hi": hi}
+    return pd.DataFrame.from_dict(rows, orient="index")

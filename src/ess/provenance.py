@@ -1,0 +1,313 @@
+"""Provenance: content hashes, atomic writes, manifests beside every result, and their audit.
+
+A result `out` gets `out.manifest.json` beside it (see `write_manifest`). The manifest records
+the sha256 of `out` and of each input; an input that has its own manifest is referenced by it, so
+one walk goes from a figure back to the model weights and data sets (`audit`). Paths inside a
+manifest are relative to the manifest's own directory, so a results tree can be moved whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_SCHEMA = "ess-manifest/1"
+RECORDED_PACKAGES = (
+    "ess",
+    "torch",
+    "transformers",
+    "numpy",
+    "pandas",
+    "scipy",
+    "huggingface-hub",
+    "safetensors",
+    "gguf",
+    "snakemake",
+)
+# Files left out of directory hashes: Snakemake touches this empty file inside every
+# directory() output after the job (an mtime carrier), i.e. after the manifest is written.
+TREE_HASH_IGNORED = frozenset({".snakemake_timestamp"})
+_CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> str:
+    """sha256 of a directory: over lines `<relative posix path>\\0<file sha256>\\n`, sorted.
+
+    Symlinked files are hashed by content; empty directories and TREE_HASH_IGNORED do not count.
+    """
+    root = Path(root)
+    lines = []
+    for directory, _, names in os.walk(root):
+        for name in set(names) - TREE_HASH_IGNORED:
+            file = Path(directory, name)
+            lines.append(f"{file.relative_to(root).as_posix()}\0{sha256_file(file)}\n")
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """`sha256_tree` for a directory, `sha256_file` for anything else."""
+    path = Path(path)
+    return sha256_tree(path) if path.is_dir() else sha256_file(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary path beside `path`; move it onto `path` only if the block succeeds.
+
+    The temporary path lies in a hidden scratch directory in `path`'s directory (same filesystem,
+    so the final os.replace is atomic); the scratch directory is always removed.
+    The block creates the temporary path itself, as a file or a directory. If the block raises,
+    the temporary path is removed and `path` is left as it was. A directory replacing an existing
+    directory is swapped in through a rename, so `path` is briefly absent but never partial.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    temporary = scratch / path.name
+    try:
+        yield temporary
+        if not (temporary.exists() or temporary.is_symlink()):
+            raise FileNotFoundError(
+                f"atomic_output({path}): the block finished without creating {temporary}"
+            )
+        if temporary.is_dir() and path.is_dir() and not path.is_symlink():
+            previous = scratch / f"{path.name}.previous"
+            os.replace(path, previous)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def manifest_path(output: Path) -> Path:
+    """Where the manifest of `output` lives: `<output>.manifest.json` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + MANIFEST_SUFFIX)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).absolute(), Path(start).absolute())).as_posix()
+
+
+def _iso_utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _run_git(args: list[str], cwd: Path) -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout if completed.returncode == 0 else None
+
+
+def git_state(directory: Path | None = None) -> dict[str, Any]:
+    """{"commit": sha or "unknown", "dirty": bool or "unknown"} of the git tree holding `directory`.
+
+    By default the tree holding this package's source, i.e. the code that made the result.
+    Untracked, not ignored files count as dirty.
+    """
+    directory = Path(directory) if directory is not None else Path(__file__).resolve().parent
+    commit = _run_git(["rev-parse", "--verify", "HEAD"], directory)
+    status = _run_git(["status", "--porcelain"], directory)
+    return {
+        "commit": commit.strip() if commit else "unknown",
+        "dirty": bool(status.strip()) if status is not None else "unknown",
+    }
+
+
+def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution in `names`; those not installed are left out."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if callable(getattr(value, "tolist", None)):  # numpy / torch scalars and arrays
+        return value.tolist()
+    raise TypeError(f"manifest values must be JSON types or paths, got {type(value).__name__}")
+
+
+def _describe(path: Path, manifest_dir: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot record {path} in a manifest: it does not exist")
+    entry: dict[str, Any] = {
+        "path": _relative(path, manifest_dir),
+        "kind": "directory" if path.is_dir() else "file",
+        "sha256": sha256_path(path),
+    }
+    return entry
+
+
+def write_manifest(
+    output: Path,
+    inputs: list[Path],
+    config: dict,
+    seeds: dict | None = None,
+    started: float | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write `<output>.manifest.json` (atomically) and return its path.
+
+    Records the sha256 of `output` and of each input (directories by `sha256_tree`); an input
+    with its own manifest beside it is referenced together with that manifest's sha256. Also the
+    config values used, seeds, git commit and dirtiness, package versions, python version, host,
+    start (`started`, a `time.time()` value) / end times and duration, and SLURM_JOB_ID if set.
+    """
+    output = Path(output)
+    target = manifest_path(output)
+    manifest_dir = target.parent
+    finished = time.time()
+    input_entries = []
+    for input_path in inputs:
+        entry = _describe(input_path, manifest_dir)
+        input_manifest = manifest_path(Path(input_path))
+        if input_manifest.is_file():
+            entry["manifest"] = _relative(input_manifest, manifest_dir)
+            entry["manifest_sha256"] = sha256_file(input_manifest)
+        input_entries.append(entry)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "output": _describe(output, manifest_dir),
+        "inputs": input_entries,
+        "config": config,
+        "seeds": seeds or {},
+        "git": git_state(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "host": socket.gethostname(),
+        "started": _iso_utc(started) if started is not None else None,
+        "finished": _iso_utc(finished),
+        "duration_s": round(finished - started, 3) if started is not None else None,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "extra": extra or {},
+    }
+    text = json.dumps(manifest, indent=2, default=_json_default) + "\n"
+    with atomic_output(target) as temporary:
+        temporary.write_text(text)
+    return target
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """One file checked by `check_chain`: status is "OK", "MISMATCH" or "MISSING"."""
+
+    path: Path
+    status: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    def describe(self) -> str:
+        return f"{self.status} {self.path}" + (f": {self.detail}" if self.detail else "")
+
+
+def _check_recorded(path: Path, kind: str, expected: str, manifest: Path) -> AuditCheck:
+    if not path.exists():
+        return AuditCheck(path, "MISSING", f"recorded in {manifest}")
+    if (kind == "directory") != path.is_dir():
+        return AuditCheck(path, "MISMATCH", f"recorded as a {kind} in {manifest}")
+    actual = sha256_path(path)
+    if actual != expected:
+        return AuditCheck(path, "MISMATCH", f"sha256 {actual}, recorded {expected} in {manifest}")
+    return AuditCheck(path, "OK")
+
+
+def check_chain(result: Path) -> list[AuditCheck]:
+    """Check `result` (or its manifest) and, depth first, every input and input manifest behind it.
+
+    Every file is re-hashed once; the list is in chain order, the result first.
+    """
+    result = Path(result)
+    if result.name.endswith(MANIFEST_SUFFIX):
+        result = result.with_name(result.name[: -len(MANIFEST_SUFFIX)])
+    checks: list[AuditCheck] = []
+    seen: set[Path] = set()
+
+    def walk(manifest: Path) -> None:
+        try:
+            recorded = json.loads(manifest.read_text())
+            output = recorded["output"]
+            inputs = recorded["inputs"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            checks.append(AuditCheck(manifest, "MISMATCH", f"unreadable manifest: {error}"))
+            return
+        base = manifest.parent
+        output_path = Path(os.path.normpath(base / output["path"]))
+        if output_path not in seen:
+            seen.add(output_path)
+            checks.append(_check_recorded(output_path, output["kind"], output["sha256"], manifest))
+        for entry in inputs:
+            input_path = Path(os.path.normpath(base / entry["path"]))
+            if input_path not in seen:
+                seen.add(input_path)
+                checks.append(_check_recorded(input_path, entry["kind"], entry["sha256"], manifest))
+            if "manifest" not in entry:
+                continue
+            input_manifest = Path(os.path.normpath(base / entry["manifest"]))
+            if input_manifest in seen:
+                continue
+            seen.add(input_manifest)
+            check = _check_recorded(input_manifest, "file", entry["manifest_sha256"], manifest)
+            checks.append(check)
+            if check.status != "MISSING":
+                walk(input_manifest)
+
+    top_manifest = manifest_path(result)
+    if not top_manifest.is_file():
+        return [AuditCheck(top_manifest, "MISSING", f"no manifest for {result}")]
+    seen.add(top_manifest)
+    walk(top_manifest)
+    return checks
+
+
+def audit(path: Path) -> list[str]:
+    """Problems found along the manifest chain behind `path`, first problem first; [] if clean."""
+    return [check.describe() for check in check_chain(path) if not check.ok]

@@ -1,0 +1,242 @@
+"""ess.delimiters: delimited sequences with matched controls, and the ESS drop at delimiters."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ess.delimiters import (
+    BLANK_LINE_TEXT,
+    DELIMITERS,
+    build_delimited_sequence,
+    contains,
+    delimiter_drop,
+    summarise_drops,
+)
+
+PASSAGES = [
+    f"passage {k} says that the {'quick brown fox' if k % 2 else 'lazy dog'} "
+    f"jumps {k} times over the fence number {k}, then rests."
+    for k in range(40)
+]
+
+
+class WordTokenizer:
+    """A GPT-like word tokenizer: ' word', 'word', '\\n\\n', '\\n', ',' and '"' are tokens."""
+
+    PATTERN = re.compile(r"\n\n|\n| ?[^\s,\"]+| ?[,\"]")
+
+    def __init__(self, texts, extra_special=()):
+        self.vocab = {"<eos>": 0, "<bos>": 1, **{t: 2 + i for i, t in enumerate(extra_special)}}
+        for text in [*texts, BLANK_LINE_TEXT, "\n", ",", '"']:
+            for piece in (text, " " + text):
+                for token in self.PATTERN.findall(piece):
+                    self.vocab.setdefault(token, len(self.vocab))
+        self.inverse = {i: t for t, i in self.vocab.items()}
+        self.eos_token_id, self.bos_token_id = 0, 1
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab[t] for t in self.PATTERN.findall(text)]
+
+    def decode(self, ids):
+        return "".join(self.inverse[int(i)] for i in ids)
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return WordTokenizer(PASSAGES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+@pytest.mark.parametrize("delimiter", DELIMITERS)
+def test_delimiter_sits_at_the_reported_positions(tokenizer, delimiter):
+    seq = build_delimited_sequence(tokenizer, PASSAGES, delimiter, n_tokens=200, seed=0)
+    ids = seq.input_ids[0].tolist()
+    sep = list(seq.separator)
+    assert seq.input_ids.shape == (1, 200) and len(sep) >= 1
+    assert seq.boundaries.shape[0] >= 5
+    for p, n in seq.boundaries.tolist():
+        assert n - p - 1 == len(sep)  # the delimiter fills the gap exactly
+        assert ids[p + 1 : n] == sep
+    np.testing.assert_array_equal(seq.delimiter_end, seq.boundaries[:, 1] - 1)
+    np.testing.assert_array_equal(seq.delimiter_start, seq.boundaries[:, 0] + 1)
+
+
+@pytest.mark.parametrize("delimiter", DELIMITERS)
+def test_controls_lack_the_delimiter(tokenizer, delimiter):
+    seq = build_delimited_sequence(tokenizer, PASSAGES, delimiter, n_tokens=200, seed=0)
+    sep = list(seq.separator)
+    removed, neutral = seq.controls["removed"], seq.controls["neutral"]
+    for control in (removed, neutral):
+        assert control.input_ids.shape == seq.input_ids.shape
+        assert control.boundaries.shape == seq.boundaries.shape
+        assert not contains(control.input_ids[0].tolist(), sep)
+        assert control.controls == {}
+    assert np.all(removed.boundaries[:, 1] == removed.boundaries[:, 0] + 1)
+    comma = tokenizer.encode(",")
+    for p, n in neutral.boundaries.tolist():
+        assert neutral.input_ids[0, p + 1 : n].tolist() == comma
+
+
+def test_boundaries_match_the_same_passages_across_conditions(tokenizer):
+    seq = build_delimited_sequence(tokenizer, PASSAGES, "blank_line", n_tokens=300, seed=3)
+    for condition in (seq, *seq.controls.values()):
+        ids = condition.input_ids[0].tolist()
+        texts = [tokenizer.decode(ids[a:b]).strip() for a, b in condition.passage_spans[:-1]]
+        assert texts == [PASSAGES[k] for k in condition.passage_index[:-1]]
+        if condition is seq:
+            reference = texts
+        assert texts[: len(reference)] == reference[: len(texts)]
+    assert tokenizer.decode(seq.input_ids[0]).count(BLANK_LINE_TEXT) == len(seq.boundaries)
+
+
+def test_sequences_are_seeded(tokenizer):
+    a = build_delimited_sequence(tokenizer, PASSAGES, "eos", n_tokens=150, seed=5)
+    b = build_delimited_sequence(tokenizer, PASSAGES, "eos", n_tokens=150, seed=5)
+    c = build_delimited_sequence(tokenizer, PASSAGES, "eos", n_tokens=150, seed=6)
+    assert a.input_ids.equal(b.input_ids) and np.array_equal(a.boundaries, b.boundaries)
+    assert not a.input_ids.equal(c.input_ids)
+
+
+def test_add_bos_and_end_of_turn_token():
+    tok = WordTokenizer(PASSAGES, extra_special=("<|im_end|>",))
+    seq = build_delimited_sequence(tok, PASSAGES, "end_of_speech", 120, seed=0, add_bos=True)
+    assert seq.input_ids[0, 0] == tok.bos_token_id
+    assert seq.separator == (tok.vocab["<|im_end|>"], tok.vocab["\n"])
+    assert "<|im_end|>" in seq.separator_text
+    fallback = build_delimited_sequence(WordTokenizer(PASSAGES), PASSAGES, "end_of_speech", 120)
+    assert fallback.separator_text == repr('"\n')
+
+
+def test_build_errors(tokenizer):
+    with pytest.raises(ValueError, match="delimiter must be one of"):
+        build_delimited_sequence(tokenizer, PASSAGES, "semicolon", 100)
+    with pytest.raises(ValueError, match="fewer than n_tokens=100000"):
+        build_delimited_sequence(tokenizer, PASSAGES, "eos", 100_000)
+    with pytest.raises(ValueError, match="at least 2 passages"):
+        build_delimited_sequence(tokenizer, PASSAGES[:1], "eos", 10)
+    with pytest.raises(ValueError, match="no passage boundary"):
+        build_delimited_sequence(tokenizer, PASSAGES, "eos", 5)
+    with pytest.raises(ValueError, match="already contains the 'blank_line'"):
+        bad = ["passage 1 says\n\npassage", *PASSAGES]
+        build_delimited_sequence(tokenizer, bad, "blank_line", 10**4)
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        build_delimited_sequence(tokenizer, ["", *PASSAGES], "eos", 10**4)
+    tokenizer_without_eos = WordTokenizer(PASSAGES)
+    tokenizer_without_eos.eos_token_id = None
+    with pytest.raises(ValueError, match="eos_token_id"):
+        build_delimited_sequence(tokenizer_without_eos, PASSAGES, "eos", 100)
+
+
+def test_with_a_trained_byte_level_bpe_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(PASSAGES, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    for delimiter in DELIMITERS:
+        seq = build_delimited_sequence(tok, PASSAGES, delimiter, n_tokens=256, seed=1)
+        ids = seq.input_ids[0].tolist()
+        for p, n in seq.boundaries.tolist():
+            assert ids[p + 1 : n] == list(seq.separator)
+        for control in seq.controls.values():
+            assert not contains(control.input_ids[0].tolist(), list(seq.separator))
+    text = tok.decode(seq.input_ids[0])
+    assert text.count('"\n') == len(seq.boundaries)
+
+
+# ---------------------------------------------------------------------------------------------
+# The drop
+
+
+L = 400
+BOUNDARIES = np.array([[10, 12], [99, 101], [199, 201], [299, 301], [380, 382]])
+CONTROL_BOUNDARIES = BOUNDARIES - np.arange(5)[:, None]  # as if the delimiter were shorter
+
+
+def stepped_trace(boundaries, high=10.0, low=4.0, after=8):
+    """ESS per split 1..L-1: `high`, and `low` over each boundary's after window."""
+    trace = np.full(L - 1, high)
+    for _, n in boundaries:
+        trace[n : n + after] = low  # splits n+1 .. n+after sit at indices n .. n+after-1
+    return trace
+
+
+def test_drop_recovers_a_known_step():
+    drops = delimiter_drop(
+        stepped_trace(BOUNDARIES), BOUNDARIES, np.full(L - 1, 10.0), CONTROL_BOUNDARIES
+    )
+    assert list(drops["near_end"]) == [True, False, False, False, True]
+    interior = drops[~drops["near_end"]]
+    np.testing.assert_allclose(interior["drop"], 6.0)
+    np.testing.assert_allclose(interior["control_drop"], 0.0)
+    np.testing.assert_allclose(interior["drop_vs_control"], 6.0)
+    np.testing.assert_allclose(interior["ess_at_delimiter"], 10.0)
+    summary = summarise_drops(drops)
+    assert summary.loc["interior", "n"] == 3
+    assert summary.loc["interior", "mean"] == pytest.approx(6.0)
+    assert summary.loc["near_end", "n"] == 2
+
+
+def test_flat_trace_has_no_drop():
+    flat = np.full(L - 1, 7.0)
+    drops = delimiter_drop(flat, BOUNDARIES, flat, CONTROL_BOUNDARIES, boundary_margin=0)
+    assert not drops["near_end"].any()
+    np.testing.assert_allclose(drops["drop_vs_control"], 0.0)
+
+
+def test_drop_in_the_control_is_subtracted():
+    trace = stepped_trace(BOUNDARIES, low=4.0)
+    control = stepped_trace(CONTROL_BOUNDARIES, low=9.0)
+    drops = delimiter_drop(trace, BOUNDARIES, control, CONTROL_BOUNDARIES, boundary_margin=0)
+    np.testing.assert_allclose(drops["drop_vs_control"][1:4], 6.0 - 1.0)
+
+
+def test_boundary_margin_flags_the_ends_only():
+    trace = stepped_trace(BOUNDARIES)
+    drops = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, boundary_margin=0)
+    assert not drops["near_end"].any()
+    # boundary 1's before window starts at split 93; boundary 3's after window ends 91 before L
+    wide = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, boundary_margin=92)
+    assert list(wide["near_end"]) == [True, False, False, True, True]
+
+
+def test_trace_forms_agree_and_strided_traces_work():
+    trace = stepped_trace(BOUNDARIES)
+    as_array = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES)
+    frame = pd.DataFrame({"position": np.arange(1, L), "ess": trace})
+    as_frame = delimiter_drop(frame, BOUNDARIES, frame, BOUNDARIES)
+    pd.testing.assert_frame_equal(as_array, as_frame)
+    strided = frame.iloc[::2]
+    drops = delimiter_drop(strided, BOUNDARIES, strided, BOUNDARIES, seq_len=L, control_seq_len=L)
+    np.testing.assert_allclose(drops["drop"][1:4], 6.0)
+
+
+def test_drop_errors():
+    trace = np.ones(L - 1)
+    with pytest.raises(ValueError, match="same boundaries"):
+        delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES[:3])
+    with pytest.raises(ValueError, match="shorter than before"):
+        delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, before=60, after=60)
+    with pytest.raises(ValueError, match="before and after"):
+        delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, before=0)
+    with pytest.raises(ValueError, match="lacks columns"):
+        delimiter_drop(pd.DataFrame({"x": [1.0]}), BOUNDARIES, trace, BOUNDARIES)
+    with pytest.raises(ValueError, match="split positions start at 1"):
+        delimiter_drop(pd.Series([1.0], index=[0]), BOUNDARIES, trace, BOUNDARIES)
