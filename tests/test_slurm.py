@@ -1,0 +1,223 @@
+"""Run workflows through profiles/slurm on a real SLURM cluster.
+
+The cluster is the one-node cluster of tests/slurm/start-cluster.sh (run it as root first);
+without it the `slurm` tests skip. The workflow is the tiny tests/slurm/workflow/Snakefile, whose
+rules each call python: it checks the profile and the executor plugin, not the science.
+
+    sudo tests/slurm/start-cluster.sh
+    .venv/bin/python -m pytest -m slurm tests/test_slurm.py -v -s
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "slurm"
+SNAKEFILE = ROOT / "tests" / "slurm" / "workflow" / "Snakefile"
+RUN_TIMEOUT_S = 600  # one snakemake run; the slowest here (three attempts) takes ~130 s
+STATUS_WAIT_S = 5  # --slurm-init-seconds-before-status-checks (plugin default: 40)
+FAILED_STATES = {"FAILED", "OUT_OF_MEMORY", "CANCELLED"}  # how SLURM reports a killed job
+
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+def _profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def _cluster_problem() -> str | None:
+    """Why the local cluster cannot run jobs, or None when it can."""
+    hint = "start it with `sudo tests/slurm/start-cluster.sh`"
+    for tool in ("sinfo", "sbatch", "sacct"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found: SLURM is not installed; {hint}"
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return f"`sinfo` timed out: no slurmctld answers; {hint}"
+    if out.returncode != 0:
+        return f"SLURM cluster is not up ({out.stderr.strip()}); {hint}"
+    states = out.stdout.split()
+    if not {"idle", "mix", "alloc"} & set(states):
+        return f"no SLURM node can take jobs (node states {states}); {hint}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs the `workflow` extra")
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def run_snakemake(workdir: Path, *args: str) -> tuple[int, str, float]:
+    """Run snakemake with the SLURM profile in `workdir`; return (exit code, log, seconds).
+
+    The log goes to workdir/snakemake.log as well, for a look after a failure.
+    """
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs inherit it
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--profile", str(PROFILE),
+        "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir),
+        "--slurm-init-seconds-before-status-checks", str(STATUS_WAIT_S),
+        *args,
+    ]  # fmt: skip
+    log_path = workdir / "snakemake.log"
+    t0 = time.monotonic()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            _cancel_run(log_path.read_text())
+            pytest.fail(f"snakemake hung for more than {RUN_TIMEOUT_S} s; log: {log_path}")
+    return rc, log_path.read_text(), time.monotonic() - t0
+
+
+def _cancel_run(log: str) -> None:
+    """scancel the jobs of a snakemake run that was killed (job name = SLURM run ID)."""
+    run_id = re.search(r"SLURM run ID: (\S+)", log)
+    if run_id:
+        subprocess.run(["scancel", "--name", run_id.group(1)], check=False)
+
+
+def submitted_jobs(log: str) -> list[tuple[str, str]]:
+    """(rule, SLURM job id) for each submission, in order, from a snakemake log."""
+    jobs = []
+    for jobid, slurm_log in SUBMITTED.findall(log):
+        rule = re.search(r"/rule_(\w+)/", slurm_log)
+        jobs.append((rule.group(1) if rule else "?", jobid))
+    return jobs
+
+
+def sacct(jobids: list[str]) -> dict[str, dict[str, str]]:
+    """State, requested memory, exit code, ... of each job, per SLURM accounting."""
+    fields = ["JobID", "State", "ReqMem", "ExitCode", "Elapsed", "AllocTRES"]
+    deadline = time.monotonic() + 30  # slurmdbd may lag behind slurmctld by a few seconds
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", ",".join(jobids), "-o", ",".join(fields)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+        rows = {row["JobID"]: row for row in rows}
+        if set(jobids) <= rows.keys() or time.monotonic() > deadline:
+            return rows
+        time.sleep(1)
+
+
+def report(name: str, seconds: float, jobs: list[tuple[str, str]], acct: dict) -> None:
+    print(f"\n{name}: snakemake took {seconds:.1f} s")
+    for rule, jobid in jobs:
+        row = acct.get(jobid, {})
+        print(
+            f"  rule {rule:8} SLURM job {jobid:>5}  {row.get('State', '?'):14}"
+            f" ReqMem={row.get('ReqMem', '?'):7} Elapsed={row.get('Elapsed', '?')}"
+        )
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_each_rule_runs_as_its_own_slurm_job(slurm_cluster, tmp_path):
+    rc, log, seconds = run_snakemake(tmp_path, "all")
+    jobs = submitted_jobs(log)
+    acct = sacct([j for _, j in jobs]) if jobs else {}
+    report("produce -> consume", seconds, jobs, acct)
+
+    assert rc == 0, log[-3000:]
+    assert (tmp_path / "results" / "consumed.txt").read_text().strip() == "43"
+    # `all` is a localrule with no command: snakemake handles it itself, no SLURM job
+    assert sorted(rule for rule, _ in jobs) == ["consume", "produce"], log[-3000:]
+    assert len({j for _, j in jobs}) == 2, "each rule must get its own SLURM job id"
+    assert all(acct[j]["State"] == "COMPLETED" for _, j in jobs), acct
+    cpus = {rule: re.search(r"cpu=(\d+)", acct[j]["AllocTRES"]).group(1) for rule, j in jobs}
+    assert cpus == {"produce": "1", "consume": "2"}, "cpus_per_task must follow `threads:`"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_failing_rule_is_reported_not_waited_on(slurm_cluster, tmp_path):
+    rc, log, seconds = run_snakemake(tmp_path, "fail")
+    jobs = submitted_jobs(log)
+    acct = sacct([j for _, j in jobs]) if jobs else {}
+    report("fail", seconds, jobs, acct)
+
+    assert rc != 0, log[-3000:]
+    assert "Error in rule fail" in log
+    attempts = 1 + int(_profile().get("retries", 0))
+    assert [rule for rule, _ in jobs] == ["fail"] * attempts, log[-3000:]
+    assert all(acct[j]["State"] == "FAILED" for _, j in jobs), acct
+    # Each attempt costs ~45 s here (the plugin polls after 5 s, then 15 s, 25 s later, ...):
+    # the bound is generous, the point is that a failure ends the run instead of hanging it.
+    assert seconds < attempts * 90, f"took {seconds:.0f} s"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_job_killed_for_memory_is_retried_with_more(slurm_cluster, tmp_path):
+    # The profile's default mem_mb, on the first two attempts (e.g. 2000 * attempt).
+    mem_expr = _profile()["default-resources"]["mem_mb"]
+    mem1, mem2 = (eval(str(mem_expr), {"attempt": a}) for a in (1, 2))
+    assert mem2 > mem1, f"profile mem_mb {mem_expr!r} must grow with attempt"
+    hog_mb = (mem1 + mem2) // 2  # too much for attempt 1, enough for attempt 2
+
+    rc, log, seconds = run_snakemake(tmp_path, "memhog", "--config", f"memhog_mb={hog_mb}")
+    jobs = submitted_jobs(log)
+    acct = sacct([j for _, j in jobs]) if jobs else {}
+    report(f"memhog ({hog_mb} MB)", seconds, jobs, acct)
+
+    assert rc == 0, log[-3000:]
+    assert [rule for rule, _ in jobs] == ["memhog", "memhog"], log[-3000:]
+    (first, second) = (acct[j] for _, j in jobs)
+    assert first["State"] in FAILED_STATES, first
+    assert (first["ReqMem"], second["ReqMem"]) == (f"{mem1}M", f"{mem2}M"), acct
+    assert second["State"] == "COMPLETED", second
+    # SLURM's own word that it killed the first attempt for memory (failed jobs keep their log)
+    slurm_log = next((tmp_path / ".snakemake" / "slurm_logs").rglob(f"{jobs[0][1]}.log"))
+    assert "exceeded memory limit" in slurm_log.read_text()
+    assert f"mem_mb={mem2}" in (tmp_path / "results" / "memhog.txt").read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_gpu_request_reaches_slurm(slurm_cluster, tmp_path):
+    """`gpu: 1` becomes `sbatch --gpus=1`; the test cluster has one fake GPU to give."""
+    # On the command line, --set-resources replaces the profile's block: only gpu_probe is set.
+    rc, log, seconds = run_snakemake(tmp_path, "gpu_probe", "--set-resources", "gpu_probe:gpu=1")
+    jobs = submitted_jobs(log)
+    acct = sacct([j for _, j in jobs]) if jobs else {}
+    report("gpu_probe", seconds, jobs, acct)
+
+    assert rc == 0, log[-3000:]
+    assert [rule for rule, _ in jobs] == ["gpu_probe"], log[-3000:]
+    assert "gres/gpu=1" in acct[jobs[0][1]]["AllocTRES"], acct
+    assert (tmp_path / "results" / "gpu.txt").read_text().strip() == "0"  # CUDA_VISIBLE_DEVICES
+
+
+def test_gpu_rule_names_in_slurm_profile_exist_in_workflow():
+    """set-resources keys that match no rule are silently ignored by snakemake."""
+    sources = [ROOT / "Snakefile", ROOT / "workflow" / "Snakefile"]
+    sources += sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+    text = "\n".join(p.read_text() for p in sources if p.is_file())
+    rules = set(re.findall(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:", text, re.MULTILINE))
+    rules |= set(re.findall(r"^\s*use rule \S+ (?:from \S+ )?as (\w+)", text, re.MULTILINE))
+    if not rules:
+        pytest.skip("the workflow has no rules yet (Snakefile, workflow/rules/*.smk)")
+    unknown = set(_profile().get("set-resources", {})) - rules
+    assert not unknown, f"profiles/slurm set-resources names no rule of the workflow: {unknown}"
