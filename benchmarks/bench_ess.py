@@ -3,8 +3,9 @@
     python benchmarks/bench_ess.py                 # the full tables (about 10 minutes here)
     python benchmarks/bench_ess.py --quick         # small sizes, a smoke test (seconds)
 
-Every measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss, minus
-the interpreter-and-torch baseline) belongs to it alone. Prints markdown tables:
+Every measurement runs in a fresh subprocess after a warm-up on a tiny input; its peak memory
+is the peak resident set during the run minus the resident set before it (Linux VmHWM, reset
+through /proc/self/clear_refs), so inputs are not counted. Prints markdown tables:
 
 1. one channel of a random diagonal SSM (N=16), materialised for the naive and dense paths:
    naive (float32 svdvals of T[i:, :i] per i, as a user would write it), dense path, and the
@@ -21,7 +22,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,23 +71,45 @@ def naive_float32(T: torch.Tensor) -> torch.Tensor:
 # One measurement = one subprocess
 
 
+def _run(kind: str, T, A, B, C) -> torch.Tensor:
+    if kind in ("naive", "attention_naive"):
+        return naive_float32(T)
+    if kind in ("dense", "attention_dense"):
+        return effective_state_size(T).tolerance
+    return effective_state_size_ssm(A, B, C).tolerance
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last _reset_peak_rss (VmHWM)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # Linux: reset the peak RSS to the current RSS
+
+
 def _measure(task: dict) -> dict:
+    """One timed run in this process, after a warm-up on a tiny input (library initialisation
+    is not what is measured). peak_mb: peak RSS during the run minus the RSS before it."""
     kind, length = task["kind"], task["length"]
     if kind in ("naive", "dense", "ssm"):
         A, B, C = random_ssm(task.get("channels", 1), length, task.get("n", 16))
         T = materialise_diagonal(A, B, C) if kind != "ssm" else None
+        tiny = random_ssm(1, 16, task.get("n", 16))
+        _run(kind, materialise_diagonal(*tiny), *tiny)
     else:
+        A = B = C = None
         T = random_attention(task["heads"], length)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _run(kind, random_attention(task["heads"], 16), None, None, None)
+    _reset_peak_rss()
+    before = _peak_rss_mb()
     start = time.perf_counter()
-    if kind in ("naive", "attention_naive"):
-        tolerance = naive_float32(T)
-    elif kind in ("dense", "attention_dense"):
-        tolerance = effective_state_size(T).tolerance
-    else:
-        tolerance = effective_state_size_ssm(A, B, C).tolerance
+    tolerance = _run(kind, T, A, B, C)
     seconds = time.perf_counter() - start
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    peak_mb = _peak_rss_mb() - before
     return {"seconds": seconds, "peak_mb": peak_mb, "tolerance": tolerance.tolist()}
 
 

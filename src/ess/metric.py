@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,24 @@ class EssResult:
     entropy: Tensor
     positions: Tensor
     spectrum: Tensor | None = None
+
+
+@contextmanager
+def _own_threads() -> Iterator[int]:
+    """Run torch single-threaded inside the block and yield the thread count it had.
+
+    The fast paths are sequences of small operations (per-position updates, small QRs), which
+    intra-op parallelism cannot speed up: with a busy core its threads spin-wait, and a step
+    gets 30-60x slower (measured here). Parallelism comes instead from our own threads, each
+    working on independent positions or channels.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield before
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +255,7 @@ def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
             for i, s_i in _column_gram_spectra(operator, splits):
                 s[..., index[to_position(i)], : s_i.shape[-1]] = s_i
 
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=2) as pool:
+    with _own_threads(), ThreadPoolExecutor(max_workers=2) as pool:
         jobs = [
             pool.submit(sweep, T, left, lambda i: i),
             pool.submit(sweep, _antitranspose(T), right, lambda i: length - i),
@@ -363,12 +382,11 @@ def _square_root_gramians(A: Tensor, B: Tensor, C: Tensor, diagonal: bool) -> tu
 
 
 def _hankel_singular_values(
-    A: Tensor, F: Tensor, G: Tensor, split: Tensor, diagonal: bool, block: int = 256
+    A: Tensor, F: Tensor, G: Tensor, split: Tensor, diagonal: bool, workers: int, block: int = 256
 ) -> Tensor:
     """s(H_i) = s(G_i^T A_i F_i) at the split positions. A: (b, L, N[, N]); F, G: (b, L, N, N)
     -> (b, P, N). Positions go a block at a time (small temporaries); each block's SVDs are
-    split over the threads, since LAPACK takes one small matrix at a time on one core."""
-    workers = torch.get_num_threads() if F.device.type == "cpu" else 1
+    split over `workers` threads, since LAPACK takes one small matrix at a time."""
     blocks = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for idx in split.split(block):
@@ -408,9 +426,11 @@ def effective_state_size_ssm(
 
     chunk = max(1, SSM_FACTOR_BUDGET_BYTES // (2 * length * n * n * 8))
     spectra = []
-    for lo in range(0, B.shape[0], chunk):
-        hi = lo + chunk
-        F, G = _square_root_gramians(A[lo:hi], B[lo:hi], C[lo:hi], diagonal)
-        spectra.append(_hankel_singular_values(A[lo:hi], F, G, split, diagonal))
+    with _own_threads() as threads:
+        workers = threads if B.device.type == "cpu" else 1
+        for lo in range(0, B.shape[0], chunk):
+            hi = lo + chunk
+            F, G = _square_root_gramians(A[lo:hi], B[lo:hi], C[lo:hi], diagonal)
+            spectra.append(_hankel_singular_values(A[lo:hi], F, G, split, diagonal, workers))
     s = torch.cat(spectra).reshape(*batch, len(split), n)
     return _result(s, split.to(B.device), tol, relative, spectrum)
