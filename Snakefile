@@ -1,0 +1,47 @@
+# The ESS workflow: model weights -> per-layer operators -> ESS per position -> statistics ->
+# figures and tables. `snakemake all` builds every figure and table of the configured
+# experiments; see config/config.yaml (CPU default, minutes) and config/paper.yaml (the paper's
+# LLMs on a GPU). Every result gets a `<result>.manifest.json` beside it: `ess audit <result>`
+# walks from a figure back to the model weights.
+
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+# Wildcards are path components: names, never slashes.
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    task=r"[A-Za-z0-9][A-Za-z0-9_]*",
+    delimiter=r"[A-Za-z0-9][A-Za-z0-9_]*",
+    seed=r"\d+",
+    layer=r"\d+",
+
+
+# Shared steps: model weights, then operators -> ESS tables.
+include: "workflow/rules/models.smk"
+include: "workflow/rules/operators.smk"
+# One rules file per experiment group (E6 now; E1-E5, E7, E8 follow the same pattern: a config
+# section, a rules file, an aggregate rule and one notebook rule per figure or table, listed in
+# FIGURES/TABLES of common.smk so that `all` builds them).
+include: "workflow/rules/e6.smk"
+
+
+# Cheap bookkeeping: never submitted to a cluster.
+localrules:
+    all,
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,219 @@
+"""The Snakemake workflow: the DAG of the default config, lint and format checks, and (marked
+`workflow`) a small end-to-end run from the model download to the figures and their audit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # papermill, the python3 kernel
+}
+FIGURES = ["e6_delimiter_traces", "e6_drop_by_layer"]
+TABLES = ["e6_delimiter_drop"]
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake -n --forceall` in a fresh working directory holding a copy of config/."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    return snakemake(
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "-n",
+        "--forceall",
+        "--quiet",
+        "rules",
+        *args,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} from the `Job stats` table of a dry run."""
+    table = output.split("Job stats:", 1)[1].split("Reasons:", 1)[0]
+    return {
+        match[1]: int(match[2])
+        for match in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
+        if match[1] != "total"
+    }
+
+
+def test_default_dag_has_the_expected_jobs(tmp_path):
+    run = dry_run(tmp_path, "all")
+    assert run.returncode == 0, run.stderr + run.stdout
+    # 1 model x (3 delimiters + 2 controls) x 1 seed x 30 layers
+    assert job_counts(run.stdout) == {
+        "fetch_model": 1,
+        "convert_model": 1,
+        "make_sequence": 3,
+        "capture_operators": 5,
+        "extract": 150,
+        "bigram_recall": 1,
+        "aggregate": 1,
+        "e6_delimiter_traces": 1,
+        "e6_drop_by_layer": 1,
+        "e6_delimiter_drop": 1,
+        "all": 1,
+    }
+
+
+def test_paper_dag_has_one_extract_job_per_model_task_seed_and_layer(tmp_path):
+    run = dry_run(tmp_path, "all", "--configfile", str(tmp_path / "config" / "paper.yaml"))
+    assert run.returncode == 0, run.stderr + run.stdout
+    counts = job_counts(run.stdout)
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    layers = sum(paper["models"][m]["n_layers"] for m in paper["e6"]["models"])
+    tasks, seeds = 3 + 2, len(paper["e6"]["seeds"])
+    assert counts["fetch_model"] == len(paper["e6"]["models"])
+    assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks * seeds
+    assert counts["extract"] == layers * tasks * seeds
+
+
+def test_snakemake_lint_is_clean():
+    run = snakemake("--lint")
+    assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr, (
+        run.stdout + run.stderr
+    )
+
+
+def test_snakefmt_check_is_clean():
+    run = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+
+
+def test_every_rule_has_log_conda_and_resources():
+    rules = (ROOT / "workflow" / "rules").glob("*.smk")
+    text = "\n".join(path.read_text() for path in rules)
+    for block in re.split(r"^rule ", text, flags=re.MULTILINE)[1:]:
+        name = block.split(":", 1)[0]
+        for directive in ("log:", "conda:", "resources:", "message:"):
+            assert f"    {directive}" in block, f"rule {name} has no {directive}"
+        assert "mem_mb=" in block and "runtime=" in block, f"rule {name}: mem_mb, runtime"
+
+
+SMALL_CONFIG = {
+    "models": {
+        "smollm2": {
+            **yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["models"]["smollm2"],
+            "layers": [0, 29],
+        }
+    },
+    "e6": {
+        "delimiters": ["eos"],
+        "controls": ["removed"],
+        "n_tokens": 256,
+        "drop": {"before": 8, "after": 8, "boundary_margin": 8},
+        "passages": {"max_chars": 400},
+    },
+    "stats": {"n_boot": 100},
+}
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_end_to_end_small_run_and_audit(tmp_path):
+    """Download SmolLM2 (the default source), two layers, one delimiter and one control."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-c1", "all", timeout=1800)
+    assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
+    results = tmp_path / "results"
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0
+            assert (results / "figures" / f"{name}.{ext}.manifest.json").is_file()
+    for name in TABLES:
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert (results / "notebooks" / "e6_delimiter_traces.ipynb").is_file()
+    assert len(list((results / "ess" / "smollm2").rglob("layer*.parquet"))) == 4
+
+    audit = subprocess.run(
+        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "results/models/smollm2/fetched" in audit.stdout  # the chain reaches the weights
+
+    again = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "all")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake(
+        "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--report", "report.html"
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+
+class CharTokenizer:
+    """One token per character; eos = 0 (enough for ess.delimiters)."""
+
+    eos_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(char) for char in text]
+
+
+def test_sequence_files_round_trip_every_field(tmp_path):
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    try:
+        from sequence_io import from_dict, read_sequence, to_dict, write_sequence
+    finally:
+        sys.path.pop(0)
+    from ess.delimiters import build_delimited_sequence
+
+    passages = [f"passage number {k} " * 4 for k in range(12)]
+    sequence = build_delimited_sequence(CharTokenizer(), passages, "eos", 200, seed=3)
+    again = from_dict(to_dict(sequence))
+    for name in ("delimited", *sequence.controls):
+        a = sequence if name == "delimited" else sequence.controls[name]
+        b = again if name == "delimited" else again.controls[name]
+        for field, value in vars(a).items():
+            if isinstance(value, torch.Tensor):
+                assert (
+                    torch.equal(value, getattr(b, field)) and value.dtype == getattr(b, field).dtype
+                )
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(value, getattr(b, field))
+                assert value.dtype == getattr(b, field).dtype
+            elif field != "controls":
+                assert value == getattr(b, field), field
+    path = tmp_path / "sequence.json"
+    write_sequence(sequence, path)
+    control = read_sequence(path, "removed")
+    assert torch.equal(control.input_ids, sequence.controls["removed"].input_ids)
