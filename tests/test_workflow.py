@@ -176,6 +176,19 @@ def test_end_to_end_small_run_and_audit(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 0
 
+    # Tampering with an intermediate of the chain makes the audit fail and name it.
+    tampered = next((results / "ess" / "smollm2").rglob("layer*.parquet"))
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    audit = subprocess.run(
+        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert audit.returncode != 0
+    assert tampered.name in audit.stdout + audit.stderr
+
 
 class CharTokenizer:
     """One token per character; eos = 0 (enough for ess.delimiters)."""
