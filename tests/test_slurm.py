@@ -1,23 +1,27 @@
 """Run workflows through profiles/slurm on a real SLURM cluster.
 
 The cluster is the one-node cluster of tests/slurm/start-cluster.sh (run it as root first);
-without it the `slurm` tests skip. The workflow is the tiny tests/slurm/workflow/Snakefile, whose
-rules each call python: it checks the profile and the executor plugin, not the science.
+without it the `slurm` tests skip. Most tests run the tiny tests/slurm/workflow/Snakefile, whose
+rules each call python: they check the profile and the executor plugin, not the science. One
+runs the real workflow's small target (SMALL_CONFIG of tests/test_workflow.py) end to end.
 
     sudo tests/slurm/start-cluster.sh
     .venv/bin/python -m pytest -m slurm tests/test_slurm.py -v -s
 """
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import FIGURES, SMALL_CONFIG, TABLES  # the small real target: one definition
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
@@ -26,7 +30,20 @@ RUN_TIMEOUT_S = 600  # one snakemake run; the slowest here (three attempts) take
 STATUS_WAIT_S = 5  # --slurm-init-seconds-before-status-checks (plugin default: 40)
 FAILED_STATES = {"FAILED", "OUT_OF_MEMORY", "CANCELLED"}  # how SLURM reports a killed job
 
+REAL_SNAKEFILE = ROOT / "Snakefile"
+REAL_RUN_TIMEOUT_S = 480  # the small real target: 183 s here (14 SLURM jobs on 2 CPUs)
+
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+# The GPU rules of the real workflow at a size this node can take. On the command line,
+# --set-resources REPLACES the profile's set-resources block (8 CPUs, 32 GB, gpu: 1 per job),
+# which sbatch would reject here (2 CPUs, ~22 GB). gpu=0 rather than 1: the small config runs on
+# the CPU (models.smollm2.device: cpu), and with the node's one fake GPU only one of these six
+# jobs could run at a time; test_gpu_request_reaches_slurm covers `gpu: 1` -> `--gpus=1`.
+SMALL_SLURM_RESOURCES = [
+    f"{rule}:{key}={value}"
+    for rule in ("capture_operators", "extract")
+    for key, value in (("cpus_per_task", 1), ("mem_mb", 4000), ("gpu", 0))
+]
 
 
 def _profile() -> dict:
@@ -61,17 +78,24 @@ def slurm_cluster():
         pytest.skip(problem)
 
 
-def run_snakemake(workdir: Path, *args: str) -> tuple[int, str, float]:
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    snakefile: Path = SNAKEFILE,
+    timeout: int = RUN_TIMEOUT_S,
+    env_extra: dict[str, str] | None = None,
+) -> tuple[int, str, float]:
     """Run snakemake with the SLURM profile in `workdir`; return (exit code, log, seconds).
 
     The log goes to workdir/snakemake.log as well, for a look after a failure.
     """
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs inherit it
+    env.update(env_extra or {})
     cmd = [
         sys.executable, "-m", "snakemake",
         "--profile", str(PROFILE),
-        "--snakefile", str(SNAKEFILE),
+        "--snakefile", str(snakefile),
         "--directory", str(workdir),
         "--slurm-init-seconds-before-status-checks", str(STATUS_WAIT_S),
         *args,
@@ -81,12 +105,12 @@ def run_snakemake(workdir: Path, *args: str) -> tuple[int, str, float]:
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = proc.wait(timeout=RUN_TIMEOUT_S)
+            rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             _cancel_run(log_path.read_text())
-            pytest.fail(f"snakemake hung for more than {RUN_TIMEOUT_S} s; log: {log_path}")
+            pytest.fail(f"snakemake hung for more than {timeout} s; log: {log_path}")
     return rc, log_path.read_text(), time.monotonic() - t0
 
 
@@ -106,9 +130,34 @@ def submitted_jobs(log: str) -> list[tuple[str, str]]:
     return jobs
 
 
+def job_stats(log: str) -> dict[str, int]:
+    """{rule: jobs} from the first `Job stats` table of a snakemake log."""
+    table = log.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {
+        match[1]: int(match[2])
+        for match in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
+        if match[1] != "total"
+    }
+
+
+def producing_jobs(workdir: Path) -> dict[str, tuple[str, str]]:
+    """{output file: (rule, log files)} of the real workflow in `workdir`, per snakemake's
+    --detailed-summary. Every rule of the workflow logs to a per-job file, so (rule, log)
+    names the job that wrote the output."""
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REAL_SNAKEFILE), "-d", str(workdir)]
+        + ["--detailed-summary"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    lines = run[run.index("output_file\t") :].splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:] if line]
+    return {row["output_file"]: (row["rule"], row["log-file(s)"]) for row in rows}
+
+
 def sacct(jobids: list[str]) -> dict[str, dict[str, str]]:
     """State, requested memory, exit code, ... of each job, per SLURM accounting."""
-    fields = ["JobID", "State", "ReqMem", "ExitCode", "Elapsed", "AllocTRES"]
+    fields = ["JobID", "JobName", "State", "ReqMem", "ExitCode", "Elapsed", "AllocTRES"]
     deadline = time.monotonic() + 30  # slurmdbd may lag behind slurmctld by a few seconds
     while True:
         out = subprocess.run(
@@ -127,7 +176,7 @@ def report(name: str, seconds: float, jobs: list[tuple[str, str]], acct: dict) -
     for rule, jobid in jobs:
         row = acct.get(jobid, {})
         print(
-            f"  rule {rule:8} SLURM job {jobid:>5}  {row.get('State', '?'):14}"
+            f"  rule {rule:19} SLURM job {jobid:>5}  {row.get('State', '?'):14}"
             f" ReqMem={row.get('ReqMem', '?'):7} Elapsed={row.get('Elapsed', '?')}"
         )
 
@@ -208,6 +257,107 @@ def test_gpu_request_reaches_slurm(slurm_cluster, tmp_path):
     assert [rule for rule, _ in jobs] == ["gpu_probe"], log[-3000:]
     assert "gres/gpu=1" in acct[jobs[0][1]]["AllocTRES"], acct
     assert (tmp_path / "results" / "gpu.txt").read_text().strip() == "0"  # CUDA_VISIBLE_DEVICES
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_path):
+    """The real Snakefile's small target (tests/test_workflow.py SMALL_CONFIG: SmolLM2 from
+    PyPI, layers 0 and 29, one delimiter, one control, L=256) through profiles/slurm: every
+    non-local job is its own COMPLETED SLURM job, and each manifest names the job that wrote it."""
+    t0 = time.monotonic()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    rc, log, seconds = run_snakemake(
+        tmp_path,
+        "all",
+        "--set-resources",
+        *SMALL_SLURM_RESOURCES,
+        snakefile=REAL_SNAKEFILE,
+        timeout=REAL_RUN_TIMEOUT_S,
+        env_extra={"OMP_NUM_THREADS": "1"},  # one CPU per job (cpus_per_task = threads = 1)
+    )
+    jobs = submitted_jobs(log)
+    ids = [jobid for _, jobid in jobs]
+    acct = sacct(ids) if ids else {}
+    report("real workflow, small target", seconds, jobs, acct)
+    assert rc == 0, log[-5000:]
+
+    results = tmp_path / "results"
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0
+    for name in TABLES:
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
+
+    # One SLURM job per non-local job of the DAG (`all` is a localrule), none retried.
+    stats = job_stats(log)
+    assert stats == {
+        "fetch_model": 1,
+        "convert_model": 1,
+        "make_sequence": 1,
+        "capture_operators": 2,  # the delimiter and the control
+        "extract": 4,  # x layers 0 and 29
+        "bigram_recall": 1,
+        "aggregate": 1,
+        **{name: 1 for name in FIGURES + TABLES},
+        "all": 1,
+    }, stats
+    non_local = sum(stats.values()) - stats["all"]
+    assert len(ids) == len(set(ids)) == non_local, jobs
+    assert sorted(rule for rule, _ in jobs) == sorted(
+        rule for rule, n in stats.items() if rule != "all" for _ in range(n)
+    ), jobs
+    assert all(acct[j]["State"] == "COMPLETED" for j in ids), acct
+    run_id = re.search(r"SLURM run ID: (\S+)", log)[1]  # the plugin's job name
+    assert {acct[j]["JobName"] for j in ids} == {run_id}, acct
+    for rule, j in jobs:  # the --set-resources above reached sbatch
+        if rule in ("capture_operators", "extract"):
+            assert "cpu=1," in acct[j]["AllocTRES"] + ",", acct[j]
+            assert "gres/gpu" not in acct[j]["AllocTRES"], acct[j]
+
+    # Each manifest records the SLURM job that wrote it (ess.provenance: SLURM_JOB_ID): the
+    # manifests of one job carry one id, those of different jobs different ids.
+    manifests = {
+        str(path.relative_to(tmp_path)): json.loads(path.read_text())["slurm_job_id"]
+        for path in sorted(results.rglob("*.manifest.json"))
+    }
+    producers = producing_jobs(tmp_path)
+    ids_of_job = defaultdict(set)  # (rule, log) -> SLURM job ids in its manifests
+    for path, jobid in manifests.items():
+        ids_of_job[producers[path]].add(jobid)
+    print(f"  {len(manifests)} manifests from {len(ids_of_job)} jobs:")
+    for (rule, job_log), job_ids in sorted(
+        ids_of_job.items(), key=lambda item: sorted(str(j).zfill(12) for j in item[1])
+    ):
+        print(f"    {rule:19} {job_log:50} slurm_job_id {', '.join(map(str, job_ids))}")
+    assert all(len(job_ids) == 1 for job_ids in ids_of_job.values()), ids_of_job
+    manifest_ids = {job: next(iter(job_ids)) for job, job_ids in ids_of_job.items()}
+    assert len(manifest_ids) == non_local, "every job writes at least one manifest"
+    assert len(set(manifest_ids.values())) == len(manifest_ids), manifest_ids
+    assert set(manifest_ids.values()) == set(ids), (manifest_ids, ids)
+    rule_of_id = {jobid: rule for rule, jobid in jobs}
+    assert all(rule_of_id[jobid] == rule for (rule, _), jobid in manifest_ids.items())
+
+    t_audit = time.monotonic()
+    audit = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ess"),
+            "audit",
+            "results/figures/e6_delimiter_traces.pdf",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(
+        f"  ess audit: {time.monotonic() - t_audit:.1f} s (exit {audit.returncode}); "
+        f"test total: {time.monotonic() - t0:.1f} s"
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "results/models/smollm2/fetched" in audit.stdout  # the chain reaches the weights
 
 
 def test_gpu_rule_names_in_slurm_profile_exist_in_workflow():
