@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Rules call tools of the venv (papermill) by name, as they would in an activated venv.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install reproduce test lint benchmark clean
 

@@ -138,6 +138,17 @@ SMALL_CONFIG = {
 }
 
 
+def audit_traces_figure(workdir):
+    """`ess audit` of one figure's whole chain, run as a user would, in the workflow dir."""
+    return subprocess.run(
+        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_end_to_end_small_run_and_audit(tmp_path):
@@ -157,13 +168,7 @@ def test_end_to_end_small_run_and_audit(tmp_path):
     assert (results / "notebooks" / "e6_delimiter_traces.ipynb").is_file()
     assert len(list((results / "ess" / "smollm2").rglob("layer*.parquet"))) == 4
 
-    audit = subprocess.run(
-        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    audit = audit_traces_figure(tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "results/models/smollm2/fetched" in audit.stdout  # the chain reaches the weights
 
@@ -179,13 +184,7 @@ def test_end_to_end_small_run_and_audit(tmp_path):
     # Tampering with an intermediate of the chain makes the audit fail and name it.
     tampered = next((results / "ess" / "smollm2").rglob("layer*.parquet"))
     tampered.write_bytes(tampered.read_bytes() + b"\0")
-    audit = subprocess.run(
-        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    audit = audit_traces_figure(tmp_path)
     assert audit.returncode != 0
     assert tampered.name in audit.stdout + audit.stderr
 
