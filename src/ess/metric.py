@@ -157,6 +157,13 @@ def _check_operator(T: Tensor, check_causal: bool, causal_tol: float) -> None:
             )
 
 
+def _empty_spectra(T: Tensor, split: Tensor) -> Tensor:
+    """Zeros (..., P, R) for the singular values of every H_i, R = max_i min(i, L-i)."""
+    length = T.shape[-1]
+    rank_bound = int(torch.minimum(split, length - split).max())
+    return T.new_zeros(*T.shape[:-2], len(split), rank_bound)
+
+
 # ---------------------------------------------------------------------------------------------
 # Naive reference: the definition
 
@@ -179,8 +186,7 @@ def effective_state_size_naive(
     length = T.shape[-1]
     split = _split_positions(positions, length)
     T = T.to(torch.float64)
-    rank_bound = int(torch.minimum(split, length - split).max())
-    s = T.new_zeros(*T.shape[:-2], len(split), rank_bound)
+    s = _empty_spectra(T, split)
     for p, i in enumerate(split.tolist()):
         s_i = torch.linalg.svdvals(T[..., i:, :i])
         s[..., p, : s_i.shape[-1]] = s_i
@@ -244,8 +250,7 @@ def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
     single-threaded LAPACK: for these sizes that beats one sweep with a threaded LAPACK.
     """
     length = T.shape[-1]
-    rank_bound = int(torch.minimum(split, length - split).max())
-    s = T.new_zeros(*T.shape[:-2], len(split), rank_bound)
+    s = _empty_spectra(T, split)
     index = {i: p for p, i in enumerate(split.tolist())}
     left = [i for i in index if i <= length - i]
     right = [length - i for i in index if i > length - i]
