@@ -24,16 +24,19 @@ wildcard_constraints:
     task=r"[A-Za-z0-9][A-Za-z0-9_]*",
     delimiter=r"[A-Za-z0-9][A-Za-z0-9_]*",
     seed=r"\d+",
-    layer=r"\d+",
+    part=r"\d+",
+    difficulty=r"[A-Za-z0-9][A-Za-z0-9_]*",
+    split=r"train|test",
+    run=r"[A-Za-z0-9][A-Za-z0-9_.+/-]*/seed\d+",
 
 
 # Shared steps: model weights, then operators -> ESS tables.
 include: "workflow/rules/models.smk"
 include: "workflow/rules/operators.smk"
-# One rules file per experiment group (E6 now; E1-E5, E7, E8 follow the same pattern: a config
-# section, a rules file, an aggregate rule and one notebook rule per figure or table, listed in
-# FIGURES/TABLES of common.smk so that `all` builds them).
+# One rules file per experiment group: a config section, a rules file, an aggregate rule and
+# notebook rules for the figures and tables listed in FIGURES/TABLES of common.smk (`all`).
 include: "workflow/rules/e6.smk"
+include: "workflow/rules/synthetic.smk"
 
 
 # Cheap bookkeeping: never submitted to a cluster.

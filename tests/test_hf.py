@@ -6,6 +6,7 @@ attention, and hooks on the torch path of each SSM mixer (the input of out_proj 
 input of the gated norm for mamba2) for selective SSMs.
 """
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from transformers import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ess import effective_state_size, effective_state_size_ssm, hf
+from ess import effective_state_size, effective_state_size_naive, effective_state_size_ssm, hf
 
 LENGTH = 12
 VOCAB = 128
@@ -379,3 +380,19 @@ def test_save_load_round_trip(tmp_path):
     for a, b in zip(ops, loaded, strict=True):
         torch.testing.assert_close(a.tensors, b.tensors, rtol=0, atol=0)
         torch.testing.assert_close(hf.layer_operator_matrix(a), hf.layer_operator_matrix(b))
+    assert [op.layer for op in hf.load_operators(path, layers=[1])] == [1]
+    with pytest.raises(ValueError, match=r"no operator of layer\(s\) \[7\]"):
+        hf.load_operators(path, layers=[1, 7])
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba"])
+def test_layer_ess_takes_the_path_of_the_mixer_and_matches_the_naive_definition(family):
+    configs = {**ATTENTION_CONFIGS, **SSM_CONFIGS}
+    op = hf.capture_operators(tiny_model(configs[family]()), token_ids())[0]
+    result, state_size = hf.layer_ess(op, channels=slice(0, 2), position_stride=3)
+    T = hf.layer_operator_matrix(op, channels=slice(0, 2)).double()
+    naive = effective_state_size_naive(T, positions=range(1, LENGTH, 3))
+    assert torch.equal(result.positions, naive.positions)
+    assert torch.equal(result.tolerance, naive.tolerance)
+    expected_tss = np.asarray(result.positions) if op.kind == "attention" else 8
+    np.testing.assert_array_equal(state_size, np.broadcast_to(expected_tss, state_size.shape))

@@ -298,7 +298,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "convert_model": 1,
         "make_sequence": 1,
         "capture_operators": 2,  # the delimiter and the control
-        "extract": 4,  # x layers 0 and 29
+        "extract": 2,  # layers 0 and 29 in one job per task
         "bigram_recall": 1,
         "aggregate": 1,
         **{name: 1 for name in FIGURES + TABLES},

@@ -5,7 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ess.tasks import IGNORE, TaskConfig, compression, make_split, mqar, selective_copying
+from ess.tasks import (
+    IGNORE,
+    TaskConfig,
+    compression,
+    load_split,
+    make_split,
+    mqar,
+    save_split,
+    selective_copying,
+)
 
 
 def kv_table(row: torch.Tensor, num_kv_pairs: int) -> dict[int, int]:
@@ -169,3 +178,18 @@ def test_task_config_rejects_bad_values():
         TaskConfig(name="recall")
     with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
         make_split(TaskConfig(), "val")
+
+
+def test_make_split_passes_the_filler_through():
+    inputs, _ = make_split(TaskConfig(filler="zero", num_kv_pairs=2, n_train=4), "train")
+    assert (inputs[:, 4:] == 0).float().mean() > 0.9  # queries only between the zeros
+
+
+def test_cached_split_round_trips_and_refuses_another_task(tmp_path):
+    config = TaskConfig(name="selective_copying", n_train=6, n_test=3)
+    save_split(config, "test", tmp_path / "test.safetensors")
+    inputs, targets = load_split(tmp_path / "test.safetensors", config)
+    expected = make_split(config, "test")
+    assert torch.equal(inputs, expected[0]) and torch.equal(targets, expected[1])
+    with pytest.raises(ValueError, match="not the requested"):
+        load_split(tmp_path / "test.safetensors", TaskConfig(name="compression"))

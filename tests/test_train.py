@@ -94,6 +94,8 @@ def test_distillation_from_a_teacher_runs_and_pulls_towards_it():
     config = TrainConfig(steps=30, batch_size=8, warmup_steps=0, lr=1e-2, distill_weight=1.0)
     result = train(TINY_MODEL, TINY_TASK, config, teacher=teacher)
     assert result.loss[-1] < result.loss[0]  # the KL to the teacher goes down
+    assert 0 < result.test_distillation_loss < result.loss[0]
+    assert train(TINY_MODEL, TINY_TASK, TINY_TRAIN).test_distillation_loss is None
 
 
 def test_bad_train_configs_name_the_bad_value():

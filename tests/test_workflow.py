@@ -64,13 +64,13 @@ def job_counts(output: str) -> dict[str, int]:
 def test_default_dag_has_the_expected_jobs(tmp_path):
     run = dry_run(tmp_path, "all")
     assert run.returncode == 0, run.stderr + run.stdout
-    # 1 model x (3 delimiters + 2 controls) x 1 seed x 30 layers
+    # 1 model x (3 delimiters + 2 controls) x 1 seed, all 30 layers in one extract job each
     assert job_counts(run.stdout) == {
         "fetch_model": 1,
         "convert_model": 1,
         "make_sequence": 3,
         "capture_operators": 5,
-        "extract": 150,
+        "extract": 5,
         "bigram_recall": 1,
         "aggregate": 1,
         "e6_delimiter_traces": 1,
@@ -81,6 +81,7 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
 
 
 def test_paper_dag_has_one_extract_job_per_model_task_seed_and_layer(tmp_path):
+    """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU)."""
     run = dry_run(tmp_path, "all", "--configfile", str(tmp_path / "config" / "paper.yaml"))
     assert run.returncode == 0, run.stderr + run.stdout
     counts = job_counts(run.stdout)
@@ -166,7 +167,7 @@ def test_end_to_end_small_run_and_audit(tmp_path):
         for ext in ("csv", "md", "tex"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert (results / "notebooks" / "e6_delimiter_traces.ipynb").is_file()
-    assert len(list((results / "ess" / "smollm2").rglob("layer*.parquet"))) == 4
+    assert len(list((results / "ess" / "smollm2").rglob("part*.parquet"))) == 2
 
     audit = audit_traces_figure(tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
@@ -182,7 +183,7 @@ def test_end_to_end_small_run_and_audit(tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 0
 
     # Tampering with an intermediate of the chain makes the audit fail and name it.
-    tampered = next((results / "ess" / "smollm2").rglob("layer*.parquet"))
+    tampered = next((results / "ess" / "smollm2").rglob("part*.parquet"))
     tampered.write_bytes(tampered.read_bytes() + b"\0")
     audit = audit_traces_figure(tmp_path)
     assert audit.returncode != 0

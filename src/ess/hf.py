@@ -37,11 +37,12 @@ import contextlib
 import inspect
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -49,6 +50,8 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ess.metric import EssResult, effective_state_size, effective_state_size_ssm
 
 ATTENTION_FAMILIES = ("gemma3", "gemma3_text", "gpt_neox", "llama", "mistral", "phi")
 SSM_FAMILIES = ("falcon_mamba", "mamba", "mamba2")
@@ -496,6 +499,38 @@ def tss(op: LayerOperator, length: int | None = None) -> int | torch.Tensor:
     return positions if window is None else positions.clamp(max=window)
 
 
+def layer_ess(
+    op: LayerOperator,
+    channels: slice = slice(None),
+    tol: float = 1e-3,
+    relative: bool = True,
+    position_stride: int = 1,
+    device: str | torch.device = "cpu",
+) -> tuple[EssResult, np.ndarray]:
+    """ESS of one captured mixer at split positions 1, 1 + stride, ... of every head/channel.
+
+    Attention has no small realisation: T is materialised per head and goes through the dense
+    path (ess.metric.effective_state_size). An SSM goes through its time-varying realisation
+    (ess.metric.effective_state_size_ssm); T is never built. Returns the EssResult (channels
+    first) and the theoretical state size at each split position: (positions,).
+    """
+    if op.kind == "attention":
+        T = layer_operator_matrix(op, channels).to(device)  # (heads, L, L)
+        length = T.shape[-1]
+        positions = range(1, length, position_stride)
+        result = effective_state_size(T, tol=tol, relative=relative, positions=positions)
+    else:
+        A, B, C = (x.to(device) for x in layer_realisation(op, channels))  # (channels, L, N)
+        length = B.shape[-2]
+        positions = range(1, length, position_stride)
+        result = effective_state_size_ssm(A, B, C, tol=tol, relative=relative, positions=positions)
+    split = result.positions.cpu().numpy()
+    state_size = tss(op, length)  # per position (attention) or one number (SSM)
+    if torch.is_tensor(state_size):
+        return result, state_size[split].numpy()
+    return result, np.full(len(split), state_size)
+
+
 # ---------------------------------------------------------------------------------------------
 # Persistence: one safetensors file; the per-layer meta travels as JSON in its metadata
 # ---------------------------------------------------------------------------------------------
@@ -513,10 +548,15 @@ def save_operators(ops: list[LayerOperator], path: str | Path) -> None:
     save_file(tensors, str(path), metadata={_METADATA_KEY: json.dumps(index)})
 
 
-def load_operators(path: str | Path) -> list[LayerOperator]:
-    """Read what `save_operators` wrote (no pickle involved)."""
+def load_operators(path: str | Path, layers: Iterable[int] | None = None) -> list[LayerOperator]:
+    """Read what `save_operators` wrote (no pickle involved); only the entries of `layers`
+    (None = all) are read from disk. A layer that the file does not hold is an error."""
     with safe_open(str(path), framework="pt") as f:
         index = json.loads(f.metadata()[_METADATA_KEY])
+        wanted = None if layers is None else set(layers)
+        if wanted is not None and not wanted <= {entry["layer"] for entry in index}:
+            missing = sorted(wanted - {entry["layer"] for entry in index})
+            raise ValueError(f"{path} holds no operator of layer(s) {missing}")
         return [
             LayerOperator(
                 layer=entry["layer"],
@@ -525,4 +565,5 @@ def load_operators(path: str | Path) -> list[LayerOperator]:
                 meta=entry["meta"],
             )
             for n, entry in enumerate(index)
+            if wanted is None or entry["layer"] in wanted
         ]

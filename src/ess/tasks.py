@@ -21,10 +21,14 @@ Definitions (ours where the reference codebases leave a choice; see each functio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 IGNORE = -100  # target value at positions that are not scored (torch's cross-entropy default)
@@ -261,9 +265,35 @@ def make_split(config: TaskConfig, split: str) -> tuple[Tensor, Tensor]:
     else:
         n, seed = config.n_test, config.test_seed
     if config.name == "mqar":
-        return mqar(n, config.vocab_size, config.seq_len, config.num_kv_pairs, seed, config.power_a)
+        return mqar(
+            n,
+            config.vocab_size,
+            config.seq_len,
+            config.num_kv_pairs,
+            seed,
+            config.power_a,
+            config.filler,
+        )
     if config.name == "selective_copying":
         return selective_copying(
             n, config.vocab_size, config.seq_len, config.num_tokens_to_copy, seed
         )
     return compression(n, config.vocab_size, config.seq_len, seed)
+
+
+def save_split(config: TaskConfig, split: str, path: str | Path) -> None:
+    """make_split(config, split) to a safetensors file ("inputs", "targets"), with the task
+    config and split name as JSON metadata, so that a cached split names what it holds."""
+    inputs, targets = make_split(config, split)
+    metadata = {"task_config": json.dumps(asdict(config)), "split": split}
+    save_file({"inputs": inputs, "targets": targets}, str(path), metadata=metadata)
+
+
+def load_split(path: str | Path, config: TaskConfig | None = None) -> tuple[Tensor, Tensor]:
+    """inputs, targets of a file written by `save_split`; with `config`, a file made from
+    another task config is an error (a stale cache must not train the wrong task)."""
+    with safe_open(str(path), framework="pt") as f:
+        stored = TaskConfig(**json.loads(f.metadata()["task_config"]))
+        if config is not None and stored != config:
+            raise ValueError(f"{path} holds {stored}, not the requested {config}")
+        return f.get_tensor("inputs"), f.get_tensor("targets")

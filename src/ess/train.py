@@ -79,7 +79,8 @@ class TrainResult:
 
     loss: the full objective of each step (CE or its mix with the KL, plus lambda * penalty);
     accuracy: answer accuracy on the batch; lr: the learning rate used. test_loss is the plain
-    cross-entropy on the test split. seconds: wall time of `train` (data, steps, evaluation).
+    cross-entropy on the test split; test_distillation_loss the t^2 KL to the teacher there
+    (None without a teacher). seconds: wall time of `train` (data, steps, evaluation).
     model: the trained model.
     """
 
@@ -88,6 +89,7 @@ class TrainResult:
     lr: list[float]
     test_loss: float
     test_accuracy: float
+    test_distillation_loss: float | None
     seconds: float
     model: LanguageModel = field(repr=False)
 
@@ -138,21 +140,29 @@ def distillation_loss(
 
 @torch.no_grad()
 def evaluate(
-    model: LanguageModel, inputs: Tensor, targets: Tensor, batch_size: int
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over all answer positions of the split, in batches."""
+    model: LanguageModel,
+    inputs: Tensor,
+    targets: Tensor,
+    batch_size: int,
+    teacher: LanguageModel | None = None,
+    temperature: float = 1.0,
+) -> tuple[float, float, float | None]:
+    """(mean loss, accuracy, mean distillation loss or None) over all answer positions of the
+    split, in batches; the distillation loss needs a teacher."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, kl_sum, correct, count = 0.0, 0.0, 0, 0
     for start in range(0, len(inputs), batch_size):
         x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
         logits = model(x)
         answer = y != IGNORE
         n = int(answer.sum())
         loss_sum += float(answer_loss(logits, y)) * n
+        if teacher is not None:
+            kl_sum += float(distillation_loss(logits, teacher(x), y, temperature)) * n
         correct += int((logits.argmax(-1)[answer] == y[answer]).sum())
         count += n
     model.train()
-    return loss_sum / count, correct / count
+    return loss_sum / count, correct / count, None if teacher is None else kl_sum / count
 
 
 def parameter_groups(model: LanguageModel, weight_decay: float) -> list[dict]:
@@ -177,9 +187,12 @@ def train(
     task_config: TaskConfig,
     train_config: TrainConfig,
     teacher: LanguageModel | None = None,
+    splits: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> TrainResult:
     """Train a fresh LanguageModel(model_config) on the task; evaluate on the test split.
 
+    splits: ((train inputs, train targets), (test inputs, test targets)) already generated
+    from task_config (the workflow caches them); None generates them with `make_split`.
     Deterministic for fixed configs on one machine and thread count: torch.manual_seed(seed)
     fixes the initialisation, a torch.Generator seeded with seed fixes the batch order (epochs
     of a random permutation of the train split), the task data come from the task's seeds.
@@ -192,8 +205,10 @@ def train(
     torch.manual_seed(train_config.seed)
     device = torch.device(train_config.device)
     model = LanguageModel(model_config).to(device)
-    train_inputs, train_targets = (t.to(device) for t in make_split(task_config, "train"))
-    test_inputs, test_targets = (t.to(device) for t in make_split(task_config, "test"))
+    if splits is None:
+        splits = make_split(task_config, "train"), make_split(task_config, "test")
+    train_inputs, train_targets = (t.to(device) for t in splits[0])
+    test_inputs, test_targets = (t.to(device) for t in splits[1])
     if teacher is not None:
         teacher.to(device).eval()
     optimiser = torch.optim.AdamW(
@@ -231,8 +246,13 @@ def train(
         accuracies.append(float(answer_accuracy(logits.detach(), y)))
         lrs.append(lr)
 
-    test_loss, test_accuracy = evaluate(
-        model, test_inputs, test_targets, train_config.eval_batch_size
+    test_loss, test_accuracy, test_distillation_loss = evaluate(
+        model,
+        test_inputs,
+        test_targets,
+        train_config.eval_batch_size,
+        teacher,
+        train_config.distill_temperature,
     )
     if train_config.checkpoint is not None:
         save_checkpoint(model, train_config.checkpoint)
@@ -243,6 +263,7 @@ def train(
         lr=lrs,
         test_loss=test_loss,
         test_accuracy=test_accuracy,
+        test_distillation_loss=test_distillation_loss,
         seconds=time.perf_counter() - start,
         model=model,
     )

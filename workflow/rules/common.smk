@@ -95,6 +95,14 @@ def model_layers(model):
     return m["layers"] if m["layers"] is not None else list(range(m["n_layers"]))
 
 
+def layer_parts(model):
+    """The analysed layers of `model` in groups of models.<model>.layers_per_job, one extract
+    job each (null = a single group): [[0, 1, ...], ...]."""
+    layers = model_layers(model)
+    size = model_config(model)["layers_per_job"] or len(layers)
+    return [layers[start : start + size] for start in range(0, len(layers), size)]
+
+
 def e6_models():
     return config["e6"]["models"] or list(config["models"])
 
@@ -162,18 +170,19 @@ def operators_path(model, task, seed):
     return f"results/operators/{model}/{task}/seed{seed}.safetensors"
 
 
-def ess_path(model, task, seed, layer):
-    return f"results/ess/{model}/{task}/seed{seed}/layer{layer}.parquet"
+def ess_path(model, task, seed, part):
+    """ESS table of the layers layer_parts(model)[part]."""
+    return f"results/ess/{model}/{task}/seed{seed}/part{part}.parquet"
 
 
 def e6_ess_tables():
-    """Every per-layer ESS table of E6: models x tasks x seeds x layers."""
+    """Every ESS table of E6: models x tasks x seeds x layer parts."""
     return [
-        ess_path(model, task, seed, layer)
+        ess_path(model, task, seed, part)
         for model in e6_models()
         for task in e6_tasks()
         for seed in e6_seeds()
-        for layer in model_layers(model)
+        for part in range(len(layer_parts(model)))
     ]
 
 
@@ -196,9 +205,217 @@ def e6_recall_tables():
     return [recall_path(model, seed) for model in e6_models() for seed in e6_seeds()]
 
 
+# ---------------------------------------------------------------------------------------------
+# Synthetic runs (E1-E5, E7, E8): one run per (task, difficulty, mixer pattern, TSS, variant,
+# seed). Each experiment's grid is expanded here into run keys (used as paths) and specs (the
+# dataclass fields of ess.synthetic.run_configs); experiments share runs with equal keys.
+
+
+def synthetic_task_config(task, difficulty, where):
+    """TaskConfig fields of `task` at `difficulty`; `where` names the config key that asked."""
+    tasks = config["synthetic"]["tasks"]
+    if task not in tasks:
+        raise ValueError(
+            f"config key {where} names task {task!r}, which is not a key of synthetic.tasks "
+            f"({', '.join(tasks) or 'none'})"
+        )
+    if difficulty not in tasks[task]["difficulties"]:
+        raise ValueError(
+            f"config key {where} names difficulty {difficulty!r}, which is not a key of "
+            f"synthetic.tasks.{task}.difficulties ({', '.join(tasks[task]['difficulties'])})"
+        )
+    return {
+        "name": task,
+        **tasks[task].get("common", {}),
+        **tasks[task]["difficulties"][difficulty],
+    }
+
+
+def attention_only(pattern):
+    """True when no layer of the pattern has a state of fixed size (TSS is then ignored)."""
+    return all(kind.strip().upper() in ("SA", "SWA") for kind in pattern.split(","))
+
+
+def synthetic_run(
+    experiment, task, difficulty, pattern, state_size, seed, variant="base", **overrides
+):
+    """(key, run) of one training run; overrides: {"model": {...}, "train": {...},
+    "teacher": key} on top of the shared synthetic.model / synthetic.train fields."""
+    tss = "kvcache" if attention_only(pattern) else f"tss{state_size}"
+    mixer = pattern.replace(",", "+")
+    key = f"{task}/{difficulty}/{mixer}/{tss}/{variant}/seed{seed}"
+    spec = {
+        "task": synthetic_task_config(task, difficulty, f"synthetic.{experiment}"),
+        "model": {
+            **config["synthetic"]["model"],
+            "layers": pattern,
+            "state_size": state_size,
+            **overrides.get("model", {}),
+        },
+        "train": {**config["synthetic"]["train"], "seed": seed, **overrides.get("train", {})},
+    }
+    spec["model"].setdefault("vocab_size", spec["task"].get("vocab_size", 64))
+    labels = {
+        "task": task,
+        "difficulty": difficulty,
+        "mixer": pattern,
+        "state_size": None if attention_only(pattern) else state_size,
+        "seed": seed,
+        "variant": variant,
+        "teacher": overrides.get("teacher"),
+    }
+    return key, {"spec": spec, "labels": labels, "teacher": overrides.get("teacher")}
+
+
+def synthetic_grid():
+    """Every run of every configured experiment: {key: run}, each run with its experiments."""
+    s = config["synthetic"]
+    seeds = s["seeds"]
+    runs = {}
+
+    def add(experiment, *args, **kwargs):
+        key, run = synthetic_run(experiment, *args, **kwargs)
+        runs.setdefault(key, {**run, "experiments": []})["experiments"].append(experiment)
+        return key
+
+    if "e1" in s:
+        for task, difficulties in s["e1"]["tasks"].items():
+            for difficulty in difficulties:
+                for mixer in s["e1"]["mixers"]:
+                    sizes = s["e1"]["state_sizes"][:1] if attention_only(mixer) else s["e1"]["state_sizes"]
+                    for state_size in sizes:
+                        for seed in seeds:
+                            for experiment in ("e1", "e2", "e8"):
+                                add(experiment, task, difficulty, mixer, state_size, seed)
+    if "e3" in s:
+        e3 = s["e3"]
+        for mixer in e3["mixers"]:
+            for state_size in e3["state_sizes"]:
+                for seed in seeds:
+                    add("e3", e3["task"], e3["difficulty"], mixer, state_size, seed)
+                    if mixer.upper() == "GLA-S6":
+                        for alpha in e3["alphas"]:
+                            model = {"gla_s6_alpha": alpha}
+                            add("e3", e3["task"], e3["difficulty"], mixer, state_size, seed,
+                                f"alpha{alpha:g}", model=model)
+    if "e4" in s:
+        e4 = s["e4"]
+        for mixer in e4["mixers"]:
+            for seed in seeds:
+                common = (e4["task"], e4["difficulty"], mixer, e4["state_size"], seed)
+                add("e4", *common)
+                for reg in e4["lambdas"]:
+                    add("e4", *common, f"reg{reg:g}", train={"reg_lambda": reg})
+                for layers in e4["layer_sets"]:
+                    reg = max(e4["lambdas"])
+                    variant = f"reg{reg:g}-layers{'+'.join(map(str, layers))}"
+                    add("e4", *common, variant, train={"reg_lambda": reg, "reg_layers": layers})
+    if "e5" in s:
+        e5 = s["e5"]
+        for difficulty in e5["teacher_difficulties"]:
+            for seed in seeds:
+                teacher = add("e5", e5["task"], difficulty, e5["mixer"], e5["teacher_state_size"], seed)
+                for state_size in e5["student_state_sizes"]:
+                    train = {
+                        "distill_weight": e5["distill_weight"],
+                        "distill_temperature": e5["temperature"],
+                    }
+                    variant = f"distil-tss{e5['teacher_state_size']}"
+                    add("e5", e5["task"], difficulty, e5["mixer"], state_size, seed, variant,
+                        train=train, teacher=teacher)
+    if "e7" in s:
+        e7 = s["e7"]
+        for pattern in e7["patterns"]:
+            for seed in seeds:
+                add("e7", e7["task"], e7["difficulty"], pattern, e7["state_size"], seed)
+    return runs
+
+
+def check_synthetic_runs(runs):
+    """Build every run's dataclasses now, so a bad field fails before any job runs."""
+    from ess.synthetic import run_configs
+
+    for key, run in runs.items():
+        try:
+            run_configs(run["spec"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"synthetic run {key} ({', '.join(run['experiments'])}): {error}")
+    tolerances = config["synthetic"]["ess"]["tolerances"]
+    if runs and not any(abs(t - config["ess"]["tolerance"]) <= 1e-12 for t in tolerances):
+        raise ValueError(
+            f"config key ess.tolerance = {config['ess']['tolerance']} must be one of "
+            f"synthetic.ess.tolerances {tolerances} (the synthetic figures use it)"
+        )
+
+
+SYNTHETIC_RUNS = synthetic_grid()
+check_synthetic_runs(SYNTHETIC_RUNS)
+
+
+def synthetic_run_of(wildcards):
+    """The run of a `{run}` wildcard (a key of SYNTHETIC_RUNS)."""
+    if wildcards.run not in SYNTHETIC_RUNS:
+        raise ValueError(f"{wildcards.run} is not a configured synthetic run")
+    return SYNTHETIC_RUNS[wildcards.run]
+
+
+def task_split_path(task, difficulty, split):
+    return f"results/tasks/{task}/{difficulty}/{split}.safetensors"
+
+
+def run_path(run, name):
+    """results/train/<run key>/<name>: model.safetensors, curves.csv, metrics.json, ess.parquet."""
+    return f"results/train/{run}/{name}"
+
+
+def run_task_splits(wildcards):
+    labels = synthetic_run_of(wildcards)["labels"]
+    return {
+        split: task_split_path(labels["task"], labels["difficulty"], split)
+        for split in ("train", "test")
+    }
+
+
+def run_teacher(wildcards):
+    """The teacher checkpoint of a distillation run, else nothing."""
+    teacher = synthetic_run_of(wildcards)["teacher"]
+    return [run_path(teacher, "model.safetensors")] if teacher else []
+
+
+def synthetic_task_splits():
+    """(task, difficulty) of every run: the cached splits they need."""
+    return sorted({(r["labels"]["task"], r["labels"]["difficulty"]) for r in SYNTHETIC_RUNS.values()})
+
+
 # Final products of each experiment: figures (PNG + PDF) and tables (CSV + Markdown + LaTeX).
 FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer"]}
 TABLES = {"e6": ["e6_delimiter_drop"]}
+SYNTHETIC_FIGURES = {
+    "e1": ["e1_accuracy_vs_ess"],
+    "e2": ["e2_state_utilisation"],
+    "e3": ["e3_ess_vs_tss"],
+    "e4": ["e4_regulariser"],
+    "e5": ["e5_distillation"],
+    "e7": ["e7_hybrid_layers"],
+    "e8": ["e8_tolerance_sensitivity"],
+    "runs": ["synthetic_training_curves"],
+}
+SYNTHETIC_TABLES = {
+    "e1": ["e1_correlations"],
+    "e2": ["e2_failure_modes"],
+    "e3": ["e3_featurisation"],
+    "e4": ["e4_regulariser_runs"],
+    "e5": ["e5_distillation_runs"],
+    "e7": ["e7_hybrids"],
+    "e8": ["e8_tolerance_correlations"],
+    "runs": ["synthetic_runs"],
+}
+for experiment in ("e1", "e2", "e3", "e4", "e5", "e7", "e8", "runs"):
+    if experiment == "runs" and SYNTHETIC_RUNS or experiment in {
+        e for run in SYNTHETIC_RUNS.values() for e in run["experiments"]
+    }:
+        FIGURES[experiment] = SYNTHETIC_FIGURES[experiment]
+        TABLES[experiment] = SYNTHETIC_TABLES[experiment]
 
 
 def all_targets():

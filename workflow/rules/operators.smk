@@ -1,6 +1,7 @@
 # From a model and a token sequence to ESS: run the model ONCE per sequence and keep each
-# layer's operator factors (capture_operators), then one job per layer computes ESS at every
-# split position of every head/channel, with the theoretical state size (extract).
+# layer's operator factors (capture_operators), then one job per group of layers
+# (models.<model>.layers_per_job) computes ESS at every split position of every head/channel,
+# with the theoretical state size (extract).
 
 
 rule capture_operators:
@@ -42,12 +43,12 @@ rule extract:
         operators=operators_path("{model}", "{task}", "{seed}"),
         operators_manifest=manifest(operators_path("{model}", "{task}", "{seed}")),
     output:
-        ess=ess_path("{model}", "{task}", "{seed}", "{layer}"),
-        manifest=manifest(ess_path("{model}", "{task}", "{seed}", "{layer}")),
+        ess=ess_path("{model}", "{task}", "{seed}", "{part}"),
+        manifest=manifest(ess_path("{model}", "{task}", "{seed}", "{part}")),
     log:
-        "results/logs/extract/{model}/{task}/seed{seed}/layer{layer}.log",
+        "results/logs/extract/{model}/{task}/seed{seed}/part{part}.log",
     benchmark:
-        "results/benchmarks/extract/{model}/{task}/seed{seed}/layer{layer}.tsv"
+        "results/benchmarks/extract/{model}/{task}/seed{seed}/part{part}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: resources_for("extract", "threads", 1)
@@ -56,12 +57,13 @@ rule extract:
         runtime=resources_for("extract", "runtime", 20),
         gpu=resources_for("extract", "gpu", 0),
     params:
+        layers=lambda wildcards: layer_parts(wildcards.model)[int(wildcards.part)],
         tolerance=config["ess"]["tolerance"],
         relative=config["ess"]["relative"],
         position_stride=config["ess"]["position_stride"],
         channel_stride=lambda wildcards: model_config(wildcards.model)["channel_stride"],
         device=lambda wildcards: model_config(wildcards.model)["device"],
     message:
-        "ESS of layer {wildcards.layer} of {wildcards.model} on {wildcards.task} (seed {wildcards.seed})"
+        "ESS of layers {params.layers} of {wildcards.model} on {wildcards.task} (seed {wildcards.seed})"
     script:
         "../scripts/extract.py"

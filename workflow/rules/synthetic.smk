@@ -1,0 +1,205 @@
+# E1-E5, E7, E8: synthetic tasks -> trained models -> ESS of every trained layer -> one table of
+# runs -> a notebook per figure or table. The runs and their specs come from the `synthetic`
+# config section, expanded by synthetic_grid() in common.smk (runs shared by experiments train
+# once). A run key is a path: {task}/{difficulty}/{mixer pattern}/{tss}/{variant}/seed{seed}.
+
+SYNTHETIC_AGGREGATE = {
+    # one row per run: labels, test scores, mean over layers at ess.tolerance
+    "runs": "results/aggregate/synthetic_runs.parquet",
+    # one row per run x layer x tau of synthetic.ess.tolerances
+    "layers": "results/aggregate/synthetic_layers.parquet",
+    # one row per run x training step: loss, accuracy, lr
+    "curves": "results/aggregate/synthetic_curves.parquet",
+}
+
+
+rule make_task_split:
+    output:
+        split=task_split_path("{task}", "{difficulty}", "{split}"),
+        manifest=manifest(task_split_path("{task}", "{difficulty}", "{split}")),
+    log:
+        "results/logs/make_task_split/{task}/{difficulty}/{split}.log",
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        mem_mb=resources_for("make_task_split", "mem_mb", 1000),
+        runtime=resources_for("make_task_split", "runtime", 5),
+    params:
+        task=lambda wildcards: synthetic_task_config(
+            wildcards.task, wildcards.difficulty, "synthetic.tasks"
+        ),
+    message:
+        "The {wildcards.split} split of {wildcards.task} at {wildcards.difficulty}"
+    script:
+        "../scripts/make_task_split.py"
+
+
+rule train:
+    input:
+        unpack(run_task_splits),
+        teacher=run_teacher,
+    output:
+        model=run_path("{run}", "model.safetensors"),
+        curves=run_path("{run}", "curves.csv"),
+        metrics=run_path("{run}", "metrics.json"),
+        manifests=[
+            manifest(run_path("{run}", name))
+            for name in ("model.safetensors", "curves.csv", "metrics.json")
+        ],
+    log:
+        "results/logs/train/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{run}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: resources_for("train", "threads", 1)
+    resources:
+        mem_mb=resources_for("train", "mem_mb", 2000),
+        runtime=resources_for("train", "runtime", 30),
+        gpu=resources_for("train", "gpu", 0),
+    params:
+        spec=lambda wildcards: synthetic_run_of(wildcards)["spec"],
+        labels=lambda wildcards: synthetic_run_of(wildcards)["labels"],
+    message:
+        "Training {wildcards.run}"
+    script:
+        "../scripts/train.py"
+
+
+rule measure_ess:
+    input:
+        model=run_path("{run}", "model.safetensors"),
+        model_manifest=manifest(run_path("{run}", "model.safetensors")),
+        test=lambda wildcards: run_task_splits(wildcards)["test"],
+    output:
+        ess=run_path("{run}", "ess.parquet"),
+        manifest=manifest(run_path("{run}", "ess.parquet")),
+    log:
+        "results/logs/measure_ess/{run}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: resources_for("measure_ess", "threads", 1)
+    resources:
+        mem_mb=resources_for("measure_ess", "mem_mb", 2000),
+        runtime=resources_for("measure_ess", "runtime", 10),
+    params:
+        n_sequences=config["synthetic"]["ess"]["n_sequences"],
+        tolerances=config["synthetic"]["ess"]["tolerances"],
+        relative=config["ess"]["relative"],
+    message:
+        "ESS of every layer of {wildcards.run}"
+    script:
+        "../scripts/measure_ess.py"
+
+
+rule aggregate_synthetic:
+    input:
+        metrics=[run_path(run, "metrics.json") for run in SYNTHETIC_RUNS],
+        curves=[run_path(run, "curves.csv") for run in SYNTHETIC_RUNS],
+        ess=[run_path(run, "ess.parquet") for run in SYNTHETIC_RUNS],
+    output:
+        **SYNTHETIC_AGGREGATE,
+        manifests=[manifest(path) for path in SYNTHETIC_AGGREGATE.values()],
+    log:
+        "results/logs/aggregate/synthetic.log",
+    conda:
+        "../../envs/analysis.yaml"
+    resources:
+        mem_mb=resources_for("aggregate_synthetic", "mem_mb", 2000),
+        runtime=resources_for("aggregate_synthetic", "runtime", 10),
+    params:
+        runs=list(SYNTHETIC_RUNS),
+        experiments={key: run["experiments"] for key, run in SYNTHETIC_RUNS.items()},
+        tolerance=config["ess"]["tolerance"],
+    message:
+        "Synthetic runs: one table of accuracy and ESS per run and per layer"
+    script:
+        "../scripts/aggregate_synthetic.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and tables: one notebook each (notebooks/<name>.ipynb), all reading the aggregate.
+
+
+def synthetic_notebook_parameters(kind):
+    """params of a synthetic figure or table notebook: the aggregate's paths, the outputs and
+    the config behind the numbers (stated in the captions)."""
+    outputs = ["png", "pdf"] if kind == "figure" else ["csv", "md", "tex"]
+    return notebook_parameters(
+        ["notebook", *SYNTHETIC_AGGREGATE],
+        outputs,
+        settings={
+            "synthetic": config["synthetic"],
+            "tolerance": config["ess"]["tolerance"],
+            "relative": config["ess"]["relative"],
+            "stats": config["stats"],
+        },
+    )
+
+
+rule synthetic_figure:
+    input:
+        notebook=notebook_path("{name}"),
+        **SYNTHETIC_AGGREGATE,
+    output:
+        png=report(
+            "results/figures/{name}.png",
+            caption="../report/synthetic_figure.rst",
+            category="Synthetic tasks (E1-E5, E7, E8)",
+        ),
+        pdf="results/figures/{name}.pdf",
+        manifests=multiext("results/figures/{name}", ".png.manifest.json", ".pdf.manifest.json"),
+        notebook="results/notebooks/{name}.ipynb",
+    log:
+        "results/logs/notebooks/{name}.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("synthetic_figure", "mem_mb", 2000),
+        runtime=resources_for("synthetic_figure", "runtime", 10),
+    wildcard_constraints:
+        name="|".join(name for names in SYNTHETIC_FIGURES.values() for name in names),
+    params:
+        parameters=synthetic_notebook_parameters("figure"),
+    message:
+        "Figure {wildcards.name}"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
+
+
+rule synthetic_table:
+    input:
+        notebook=notebook_path("{name}"),
+        **SYNTHETIC_AGGREGATE,
+    output:
+        csv=report(
+            "results/tables/{name}.csv",
+            caption="../report/synthetic_table.rst",
+            category="Synthetic tasks (E1-E5, E7, E8)",
+        ),
+        md="results/tables/{name}.md",
+        tex="results/tables/{name}.tex",
+        manifests=multiext(
+            "results/tables/{name}",
+            ".csv.manifest.json",
+            ".md.manifest.json",
+            ".tex.manifest.json",
+        ),
+        notebook="results/notebooks/{name}.ipynb",
+    log:
+        "results/logs/notebooks/{name}.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("synthetic_table", "mem_mb", 2000),
+        runtime=resources_for("synthetic_table", "runtime", 10),
+    wildcard_constraints:
+        name="|".join(name for names in SYNTHETIC_TABLES.values() for name in names),
+    params:
+        parameters=synthetic_notebook_parameters("table"),
+    message:
+        "Table {wildcards.name}"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
