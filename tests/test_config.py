@@ -165,3 +165,22 @@ def test_snakemake_names_an_unknown_model_in_e6_models(tmp_path):
     run = snakemake_dry_run(tmp_path, config)
     assert run.returncode != 0
     assert "e6.models" in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["e3"].update(difficulty="kv99"), "synthetic.e3 names difficulty 'kv99'"),
+        (lambda s: s["e1"]["tasks"].update(recall=["kv4"]), "names task 'recall'"),
+        (lambda s: s["model"].update(state=4), "unknown model field(s) ['state']"),
+        (lambda s: s["e1"].update(mixers=["SA", "RWKV"]), "unknown mixer 'RWKV'"),
+        (lambda s: s["ess"].update(tolerances=[0.1]), "ess.tolerance = 0.001 must be one of"),
+    ],
+)
+def test_snakemake_names_a_bad_synthetic_grid_before_any_job(tmp_path, change, message):
+    config = load(DEFAULT)
+    change(config["synthetic"])
+    run = snakemake_dry_run(tmp_path, config)
+    assert run.returncode != 0
+    assert message in run.stderr + run.stdout
+    assert "Job stats" not in run.stdout

@@ -76,6 +76,13 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "e6_delimiter_traces": 1,
         "e6_drop_by_layer": 1,
         "e6_delimiter_drop": 1,
+        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 36 distinct runs
+        "make_task_split": 4,
+        "train": 36,
+        "measure_ess": 36,
+        "aggregate_synthetic": 1,
+        "synthetic_figure": 8,
+        "synthetic_table": 8,
         "all": 1,
     }
 
@@ -137,12 +144,68 @@ SMALL_CONFIG = {
     },
     "stats": {"n_boot": 100},
 }
+# Every synthetic experiment on a grid that trains in seconds (13 runs of 30 steps).
+SMALL_SYNTHETIC = {
+    "tasks": {
+        "mqar": {
+            "common": {"vocab_size": 16, "seq_len": 16, "n_train": 256, "n_test": 64},
+            "difficulties": {"kv2": {"num_kv_pairs": 2}},
+        }
+    },
+    "model": {"d_model": 16, "n_layers": 2},
+    "train": {"steps": 30, "batch_size": 16, "warmup_steps": 3},
+    "ess": {"n_sequences": 4},
+    "e1": {"tasks": {"mqar": ["kv2"]}, "mixers": ["SA", "LA", "GLA"], "state_sizes": [4, 8]},
+    "e3": {
+        "task": "mqar",
+        "difficulty": "kv2",
+        "mixers": ["S6", "GLA-S6"],
+        "state_sizes": [4],
+        "alphas": [1.0],
+    },
+    "e4": {
+        "task": "mqar",
+        "difficulty": "kv2",
+        "mixers": ["GLA"],
+        "state_size": 4,
+        "lambdas": [1.0],
+        "layer_sets": [[0]],
+    },
+    "e5": {
+        "task": "mqar",
+        "mixer": "GLA",
+        "teacher_state_size": 8,
+        "teacher_difficulties": ["kv2"],
+        "student_state_sizes": [4],
+    },
+    "e7": {"task": "mqar", "difficulty": "kv2", "state_size": 4, "patterns": ["GLA,SA", "SA,GLA"]},
+}
+SYNTHETIC_FIGURES = [
+    "e1_accuracy_vs_ess",
+    "e2_state_utilisation",
+    "e3_ess_vs_tss",
+    "e4_regulariser",
+    "e5_distillation",
+    "e7_hybrid_layers",
+    "e8_tolerance_sensitivity",
+    "synthetic_training_curves",
+]
+SYNTHETIC_TABLES = [
+    "e1_correlations",
+    "e2_failure_modes",
+    "e3_featurisation",
+    "e4_regulariser_runs",
+    "e5_distillation_runs",
+    "e7_hybrids",
+    "e8_tolerance_correlations",
+    "synthetic_runs",
+]
 
 
-def audit_traces_figure(workdir):
-    """`ess audit` of one figure's whole chain, run as a user would, in the workflow dir."""
+def audit(workdir, result="results/figures/e6_delimiter_traces.pdf"):
+    """`ess audit` of one result's whole chain, run as a user would, in the workflow dir."""
     return subprocess.run(
-        [str(BIN / "ess"), "audit", "results/figures/e6_delimiter_traces.pdf"],
+        [str(BIN / "ess"), "audit", result],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -153,25 +216,31 @@ def audit_traces_figure(workdir):
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_end_to_end_small_run_and_audit(tmp_path):
-    """Download SmolLM2 (the default source), two layers, one delimiter and one control."""
+    """Download SmolLM2 (the default source): two layers, one delimiter and one control; and
+    every synthetic experiment on a grid that trains in seconds. Then audit, rerun, report."""
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
-    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-c1", "all", timeout=1800)
+    config = {**SMALL_CONFIG, "synthetic": SMALL_SYNTHETIC}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-c2", "all", timeout=1800)
     assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
     results = tmp_path / "results"
-    for name in FIGURES:
+    for name in FIGURES + SYNTHETIC_FIGURES:
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0
             assert (results / "figures" / f"{name}.{ext}.manifest.json").is_file()
-    for name in TABLES:
+    for name in TABLES + SYNTHETIC_TABLES:
         for ext in ("csv", "md", "tex"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert (results / "notebooks" / "e6_delimiter_traces.ipynb").is_file()
     assert len(list((results / "ess" / "smollm2").rglob("part*.parquet"))) == 2
+    assert len(list((results / "train").rglob("model.safetensors"))) == 13
 
-    audit = audit_traces_figure(tmp_path)
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "results/models/smollm2/fetched" in audit.stdout  # the chain reaches the weights
+    checked = audit(tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "results/models/smollm2/fetched" in checked.stdout  # the chain reaches the weights
+    checked = audit(tmp_path, "results/tables/e5_distillation_runs.csv")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "results/tasks/mqar/kv2/train.safetensors" in checked.stdout  # back to the data
 
     again = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "all")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -185,9 +254,14 @@ def test_end_to_end_small_run_and_audit(tmp_path):
     # Tampering with an intermediate of the chain makes the audit fail and name it.
     tampered = next((results / "ess" / "smollm2").rglob("part*.parquet"))
     tampered.write_bytes(tampered.read_bytes() + b"\0")
-    audit = audit_traces_figure(tmp_path)
-    assert audit.returncode != 0
-    assert tampered.name in audit.stdout + audit.stderr
+    checked = audit(tmp_path)
+    assert checked.returncode != 0
+    assert tampered.name in checked.stdout + checked.stderr
+    checkpoint = next((results / "train").rglob("model.safetensors"))
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")
+    checked = audit(tmp_path, "results/tables/synthetic_runs.csv")
+    assert checked.returncode != 0
+    assert "model.safetensors" in checked.stdout + checked.stderr
 
 
 class CharTokenizer:

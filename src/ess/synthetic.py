@@ -15,6 +15,7 @@ ESS is the mean over its layers. State utilisation is ESS / TSS, and the memory 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,11 +46,18 @@ def run_configs(spec: dict) -> tuple[ModelConfig, TaskConfig, TrainConfig]:
     train = dict(spec.get("train", {}))
     if train.get("reg_layers") is not None:
         train["reg_layers"] = tuple(train["reg_layers"])
-    return (
-        ModelConfig(**spec.get("model", {})),
-        TaskConfig(**spec.get("task", {})),
-        TrainConfig(**train),
-    )
+    fields = {"model": spec.get("model", {}), "task": spec.get("task", {}), "train": train}
+    configs = []
+    classes = (ModelConfig, TaskConfig, TrainConfig)
+    for (part, values), cls in zip(fields.items(), classes, strict=True):
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown {part} field(s) {unknown}; {cls.__name__} has {sorted(allowed)}"
+            )
+        configs.append(cls(**values))
+    return tuple(configs)
 
 
 def memory_items(task: TaskConfig) -> int:
