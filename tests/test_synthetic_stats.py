@@ -1,0 +1,387 @@
+"""ess.synthetic's statistics for the figures: run selection, correlations that survive
+degenerate data, and the verdicts on the paper's claims, on small hand-made tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ess.synthetic import (
+    accuracy_correlations,
+    collapse_verdict,
+    combined_verdict,
+    correlation_table,
+    correlation_verdict,
+    distillation_table,
+    distillation_verdict,
+    experiment_runs,
+    failure_mode_table,
+    featurisation_verdict,
+    first_layer_attention_verdict,
+    hybrid_table,
+    layer_table,
+    model_level,
+    pooled,
+    reference_runs,
+    regulariser_of,
+    regulariser_table,
+    regulariser_verdict,
+    settings_text,
+    smoothed_curves,
+    tolerance_correlations,
+    verdicts_by_tolerance,
+)
+
+BOOT = {"n_boot": 200, "seed": 0}
+
+
+def e1_runs(ess_per_item, tss_per_item, accuracy, task="mqar"):
+    """E1-like runs: one per value, memory_items 4."""
+    return pd.DataFrame(
+        {
+            "run": [f"{task}/run{i}" for i in range(len(accuracy))],
+            "task": task,
+            "test_accuracy": accuracy,
+            "ess_per_item": ess_per_item,
+            "tss_per_item": tss_per_item,
+        }
+    )
+
+
+def noise(n, seed):
+    return np.random.default_rng(seed).uniform(size=n)
+
+
+def test_experiment_runs_matches_whole_names_only():
+    runs = pd.DataFrame({"run": ["a", "b", "c", "d"], "experiments": ["e1,e2", "e10", "e2", None]})
+    assert experiment_runs(runs, "e1")["run"].tolist() == ["a"]
+    assert experiment_runs(runs, "e2")["run"].tolist() == ["a", "c"]
+
+
+def test_correlation_table_reports_undefined_instead_of_raising():
+    runs = e1_runs([1.0, 2.0, 3.0, np.nan], [2.0, 2.0, 2.0, 2.0], [0.1, 0.5, 0.9, 0.3])
+    table = correlation_table(runs, "test_accuracy", ["ess_per_item", "tss_per_item"], **BOOT)
+    ess = table[table["x"] == "ess_per_item"]
+    assert (ess["n"] == 3).all() and (ess["note"] == "").all()  # the NaN run is left out
+    assert ess["r"].to_numpy() == pytest.approx([1.0, 1.0])
+    tss = table[table["x"] == "tss_per_item"]
+    assert tss["r"].isna().all() and tss["note"].str.contains("tss_per_item constant").all()
+    two = correlation_table(runs.head(2), "test_accuracy", ["ess_per_item"], **BOOT)
+    assert two["r"].isna().all() and two["note"].str.contains("2 runs").all()
+
+
+def test_accuracy_correlations_pools_only_several_tasks():
+    accuracy = noise(6, 1)
+    one = accuracy_correlations(e1_runs(accuracy, noise(6, 2), accuracy), **BOOT)
+    assert set(one["task"]) == {"mqar"}
+    two = pd.concat([e1_runs(accuracy, accuracy, accuracy, t) for t in ("mqar", "copy")])
+    table = accuracy_correlations(two, **BOOT)
+    assert set(table["task"]) == {"mqar", "copy", "all"}
+    assert (pooled(table)["n"] == 12).all()
+
+
+def test_e1_verdict_holds_when_only_ess_tracks_accuracy():
+    accuracy = np.linspace(0.1, 0.9, 30)
+    runs = e1_runs(accuracy * 3, noise(30, 3), accuracy)
+    verdict = correlation_verdict(
+        accuracy_correlations(runs, **BOOT), "ess_per_item", "tss_per_item"
+    )
+    assert verdict.verdict == "holds"
+    assert "1.00 [1.00, 1.00] with ESS/kv" in verdict.evidence
+
+
+def test_e1_verdict_does_not_hold_when_only_tss_tracks_accuracy():
+    accuracy = np.linspace(0.1, 0.9, 30)
+    runs = e1_runs(noise(30, 3), accuracy * 3, accuracy)
+    verdict = correlation_verdict(
+        accuracy_correlations(runs, **BOOT), "ess_per_item", "tss_per_item"
+    )
+    assert verdict.verdict == "does not hold"
+
+
+def test_e1_verdict_is_inconclusive_or_undefined_on_weak_data():
+    accuracy = noise(8, 4)
+    runs = e1_runs(noise(8, 5), noise(8, 6), accuracy)
+    table = accuracy_correlations(runs, **BOOT)
+    assert correlation_verdict(table, "ess_per_item", "tss_per_item").verdict.startswith(
+        "inconclusive"
+    )
+    constant = accuracy_correlations(e1_runs(noise(8, 5), noise(8, 6), np.full(8, 0.03)), **BOOT)
+    verdict = correlation_verdict(constant, "ess_per_item", "tss_per_item")
+    assert verdict.verdict == "undefined" and "test_accuracy constant" in verdict.evidence
+
+
+def test_combined_verdict():
+    assert combined_verdict("c", [(True, "a"), (True, "b")]).verdict == "holds"
+    assert combined_verdict("c", [(False, "a"), (False, "b")]).verdict == "does not hold"
+    assert combined_verdict("c", [(True, "a"), (False, "b")]).verdict.startswith("partly holds")
+    mixed = combined_verdict("c", [(True, "a"), (None, "b")])
+    assert (
+        mixed.verdict == "undefined (part 2)" and "(1) a: yes; (2) b: undefined" in mixed.evidence
+    )
+
+
+def stateful_runs(rows):
+    """E2-like runs from (mixer, difficulty, memory_items, state_size, utilisation, accuracy)."""
+    columns = ["mixer", "difficulty", "memory_items", "state_size", "utilisation", "test_accuracy"]
+    runs = pd.DataFrame(rows, columns=columns)
+    runs["run"] = [f"run{i}" for i in range(len(runs))]
+    runs["task"], runs["seed"] = "mqar", 0
+    runs["tss"] = runs["state_size"]
+    runs["ess_tolerance"] = runs["utilisation"] * runs["tss"]
+    return runs
+
+
+def test_failure_modes_leave_out_attention_and_label_runs():
+    runs = stateful_runs(
+        [
+            ("SA", "kv8", 8, np.nan, 0.1, 0.1),
+            ("GLA", "kv8", 8, 32, 0.1, 0.1),
+            ("GLA", "kv8", 8, 8, 0.9, 0.1),
+            ("LA", "kv8", 8, 8, 0.2, 0.9),
+        ]
+    )
+    modes = failure_mode_table(runs, learned_accuracy=0.5, saturation_utilisation=0.5)
+    assert modes["mixer"].tolist() == ["GLA", "GLA", "LA"]
+    assert modes["failure_mode"].tolist() == ["collapse", "saturation", "learned"]
+
+
+@pytest.mark.parametrize(
+    ("gla_utilisation", "la_utilisation", "expected"),
+    [(0.1, 0.9, "holds"), (0.9, 0.1, "does not hold"), (0.1, 0.1, "does not hold")],
+)
+def test_collapse_verdict_on_the_hardest_difficulty(gla_utilisation, la_utilisation, expected):
+    runs = stateful_runs(
+        [
+            ("GLA", "kv8", 8, 32, gla_utilisation, 0.1),
+            ("WLA", "kv8", 8, 32, gla_utilisation, 0.1),
+            ("LA", "kv8", 8, 32, la_utilisation, 0.1),
+            ("LA", "kv4", 4, 32, 0.1, 0.1),  # easier: not counted
+        ]
+    )
+    verdict = collapse_verdict(failure_mode_table(runs, 0.5, 0.5))
+    assert verdict.verdict == expected
+    assert "mqar kv8" in verdict.evidence and "kv4" not in verdict.evidence.split(";")[0]
+
+
+def test_collapse_verdict_undefined_without_reference():
+    runs = stateful_runs([("GLA", "kv8", 8, 32, 0.1, 0.1)])
+    assert collapse_verdict(failure_mode_table(runs, 0.5, 0.5)).verdict == "undefined"
+
+
+def e3_runs(s6_ess, gla_ess, s6_accuracy, gla_s6_accuracy):
+    """E3-like runs at TSS 8 and 32: S6, GLA and GLA-S6 (plus an alpha variant)."""
+    rows = []
+    for tss, i in ((8, 0), (32, 1)):
+        rows.append(("S6", "base", tss, s6_ess[i], s6_accuracy))
+        rows.append(("GLA", "base", tss, gla_ess[i], 0.9))
+        rows.append(("GLA-S6", "base", tss, gla_ess[i], gla_s6_accuracy))
+        rows.append(("GLA-S6", "alpha1", tss, s6_ess[i], 0.0))
+    runs = pd.DataFrame(
+        rows, columns=["mixer", "variant", "state_size", "ess_tolerance", "test_accuracy"]
+    )
+    runs["seed"], runs["tss"] = 0, runs["state_size"]
+    runs["utilisation"] = runs["ess_tolerance"] / runs["tss"]
+    return runs
+
+
+def test_featurisation_verdict():
+    holds = featurisation_verdict(e3_runs((5, 5), (6, 20), 0.1, 0.8), learned_accuracy=0.5)
+    assert holds.verdict == "holds", holds.evidence
+    assert "S6 x1.00, GLA x3.33" in holds.evidence
+    fails = featurisation_verdict(e3_runs((5, 20), (6, 7), 0.9, 0.1), learned_accuracy=0.5)
+    assert fails.verdict == "does not hold", fails.evidence
+    partly = featurisation_verdict(e3_runs((5, 5), (6, 20), 0.9, 0.95), learned_accuracy=0.5)
+    assert partly.verdict == "partly holds (2 of 3 parts)"
+    no_s6 = e3_runs((5, 5), (6, 20), 0.1, 0.8)
+    assert featurisation_verdict(no_s6[no_s6["mixer"] != "S6"], 0.5).verdict.startswith("undefined")
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("base", (0.0, "all")),
+        ("reg0.1", (0.1, "all")),
+        ("reg1-layers0", (1.0, "0")),
+        ("reg1e-05-layers0+1", (1e-5, "0+1")),
+    ],
+)
+def test_regulariser_of(variant, expected):
+    assert regulariser_of(variant) == expected
+
+
+def test_regulariser_of_rejects_other_variants():
+    with pytest.raises(ValueError, match="alpha1"):
+        regulariser_of("alpha1")
+
+
+def e4_runs(utilisation_at_1, accuracy_at_1):
+    rows = [
+        ("GLA", v, u, a)
+        for v, u, a in [("base", 0.2, 0.1), ("reg1", utilisation_at_1, accuracy_at_1)]
+    ]
+    rows += [("GLA", "reg1-layers0", 0.9, 0.9), ("LA", "base", 0.5, 0.4)]
+    runs = pd.DataFrame(rows, columns=["mixer", "variant", "utilisation", "test_accuracy"])
+    runs["task"], runs["difficulty"], runs["state_size"], runs["seed"] = "mqar", "kv8", 32.0, 0
+    return runs
+
+
+def test_regulariser_table_and_verdict():
+    runs = e4_runs(utilisation_at_1=0.6, accuracy_at_1=0.7)
+    table = regulariser_table(runs[runs["mixer"] == "GLA"])
+    assert table["variant"].tolist() == ["base", "reg1", "reg1-layers0"]  # "all" layers first
+    reference = reference_runs(runs, table)
+    assert reference["mixer"].tolist() == ["LA"]
+    verdict = regulariser_verdict(table, reference)
+    assert verdict.verdict == "holds", verdict.evidence
+    assert "GLA 0.200 -> 0.600" in verdict.evidence and "reference 0.400" in verdict.evidence
+    worse = regulariser_table(e4_runs(0.1, 0.2).query("mixer == 'GLA'"))
+    assert regulariser_verdict(worse, reference).verdict == "does not hold"
+    assert regulariser_verdict(table, reference.head(0)).verdict == "undefined (part 2)"
+
+
+def e5_runs(losses_of_high_ess_teacher, losses_of_low_ess_teacher):
+    rows = []
+    for teacher, ess, losses in (
+        ("t/kv8", 20.0, losses_of_high_ess_teacher),
+        ("t/kv4", 5.0, losses_of_low_ess_teacher),
+    ):
+        for tss, loss in zip((4, 8), losses, strict=True):
+            rows.append((f"s/{teacher}/{tss}", teacher, ess, 0.9, float(tss), loss))
+    columns = ["run", "teacher", "teacher_ess_tolerance", "teacher_test_accuracy", "state_size"]
+    runs = pd.DataFrame(rows, columns=[*columns, "test_distillation_loss"])
+    runs["task"], runs["difficulty"], runs["seed"] = "mqar", "kv", 0
+    runs["tss"], runs["ess_tolerance"], runs["test_accuracy"] = runs["state_size"], 1.0, 0.5
+    teachers = pd.DataFrame({"run": ["t/kv8", "t/kv4"], "teacher": None})
+    return pd.concat([runs, teachers], ignore_index=True)
+
+
+def test_distillation_verdict():
+    students = distillation_table(e5_runs([0.5, 0.4], [0.1, 0.05]))
+    assert len(students) == 4  # the teachers are not students
+    assert distillation_verdict(students).verdict == "holds"
+    assert distillation_verdict(distillation_table(e5_runs([0.1, 0.05], [0.5, 0.4]))).verdict == (
+        "does not hold"
+    )
+    partly = distillation_verdict(distillation_table(e5_runs([0.5, 0.01], [0.1, 0.4])))
+    assert partly.verdict.startswith("partly holds (1 of 2")
+    one_teacher = students[students["teacher"] == "t/kv8"]
+    assert distillation_verdict(one_teacher).verdict == "undefined"
+
+
+def e7_layers(ess):
+    """E7-like per-layer rows: pattern -> (ess of layer 0, ess of layer 1); accuracy by pattern."""
+    accuracy = {"GLA,SA": 0.9, "SA,GLA": 0.3, "GLA": 0.8}
+    rows = []
+    for pattern, values in ess.items():
+        for layer, (kind, value) in enumerate(zip(pattern.split(","), values, strict=False)):
+            rows.append((f"r/{pattern}", pattern, layer, kind, value, accuracy[pattern]))
+    columns = ["run", "mixer", "layer", "layer_mixer", "ess_tolerance", "test_accuracy"]
+    layers = pd.DataFrame(rows, columns=columns)
+    layers["seed"], layers["tss"], layers["tolerance"], layers["ess_entropy"] = 0, 32.0, 1e-3, 1.0
+    layers["utilisation"] = layers["ess_tolerance"] / layers["tss"]
+    return layers
+
+
+def test_hybrid_table_is_one_row_per_run_in_layer_order():
+    per_layer = layer_table(e7_layers({"GLA,SA": (2.0, 9.0), "SA,GLA": (3.0, 8.0)}), 1e-3)
+    table = hybrid_table(per_layer)
+    assert table.columns.tolist()[:4] == ["run", "mixer", "seed", "test_accuracy"]
+    row = table.set_index("mixer").loc["SA,GLA"]
+    assert (row["layer0_mixer"], row["layer0_ess"], row["layer1_mixer"]) == ("SA", 3.0, "GLA")
+    assert row["layer1_utilisation"] == pytest.approx(8.0 / 32)
+
+
+def test_first_layer_attention_verdict():
+    # recurrent first is more accurate; recurrent layers have little ESS in layer 0
+    layers = e7_layers({"GLA,SA": (2.0, 9.0), "SA,GLA": (3.0, 8.0), "GLA": (1.0, 7.0)})
+    verdict = first_layer_attention_verdict(layer_table(layers, 1e-3))
+    assert verdict.verdict == "holds", verdict.evidence
+    flipped = e7_layers({"GLA,SA": (9.0, 2.0), "SA,GLA": (3.0, 1.0), "GLA": (8.0, 1.0)})
+    assert (
+        first_layer_attention_verdict(layer_table(flipped, 1e-3)).verdict
+        == "partly holds (1 of 2 parts)"
+    )
+
+
+def sweep_layers(n_runs=12, seed=0):
+    """Per-layer rows of E1-like runs at two tau: ESS/kv tracks accuracy at tau 0.1 only."""
+    rng = np.random.default_rng(seed)
+    accuracy = np.linspace(0.1, 0.9, n_runs)
+    rows = []
+    for i, a in enumerate(accuracy):
+        for layer in (0, 1):
+            for tau, ess in ((0.1, 10 * a + layer), (1e-3, rng.uniform(1, 9))):
+                rows.append((f"run{i}", layer, tau, ess, 2.0 + a, 8.0 * (1 + i % 2), a))
+    columns = ["run", "layer", "tolerance", "ess_tolerance", "ess_entropy", "tss", "test_accuracy"]
+    layers = pd.DataFrame(rows, columns=columns)
+    layers["task"], layers["memory_items"] = "mqar", 4
+    layers["utilisation"] = layers["ess_tolerance"] / layers["tss"]
+    return layers
+
+
+def test_tolerance_correlations_sweeps_tau_then_entropy_and_tss():
+    layers = sweep_layers()
+    table = tolerance_correlations(layers, methods=["spearman"], **BOOT)
+    assert table["measure"].tolist() == ["tolerance-ESS", "tolerance-ESS", "entropy-ESS", "TSS"]
+    assert table["tolerance"].iloc[:2].tolist() == [0.1, 1e-3]  # largest tau first
+    assert table["r"].iloc[0] == pytest.approx(1.0)  # ESS/kv = mean over layers / kv
+    assert table["r"].iloc[2] == pytest.approx(1.0)  # entropy-ESS tracks accuracy too
+    level = model_level(layers, 1e-3)
+    direct = correlation_table(
+        level.assign(
+            ess_per_item=level["ess_tolerance"] / 4,
+            test_accuracy=layers.groupby("run")["test_accuracy"]
+            .first()
+            .loc[level["run"]]
+            .to_numpy(),
+        ),
+        "test_accuracy",
+        ["ess_per_item"],
+        ["spearman"],
+        **BOOT,
+    )
+    assert table["r"].iloc[1] == pytest.approx(direct["r"].iloc[0])
+    verdicts = verdicts_by_tolerance(table)
+    assert verdicts["verdict"].tolist()[0] == "holds"
+    assert math.isnan(verdicts["tolerance"].iloc[-1]) and len(verdicts) == 3
+
+
+def test_smoothed_curves_is_a_trailing_mean_per_run():
+    curves = pd.DataFrame(
+        {
+            "run": ["b", "b", "b", "a", "a"],
+            "step": [0, 1, 2, 0, 1],
+            "loss": [3.0, 1.0, 2.0, 10.0, 0.0],
+            "accuracy": [0.0, 1.0, 1.0, 0.5, 0.5],
+        }
+    )
+    smooth = smoothed_curves(curves, window=2)
+    assert smooth[smooth["run"] == "b"]["loss"].tolist() == [3.0, 2.0, 1.5]
+    assert smooth[smooth["run"] == "a"]["loss"].tolist() == [10.0, 5.0]
+    with pytest.raises(ValueError, match="window"):
+        smoothed_curves(curves, 0)
+
+
+def test_settings_text_states_the_config():
+    synthetic = {
+        "seeds": [0],
+        "tasks": {
+            "mqar": {"common": {"seq_len": 64}, "difficulties": {"kv8": {"num_kv_pairs": 8}}}
+        },
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 1},
+        "train": {"steps": 800, "batch_size": 32, "lr": 3e-3},
+        "ess": {"n_sequences": 16, "tolerances": [0.1, "1e-05"]},  # papermill -y: 1e-05 is text
+        "e1": {"tasks": {"mqar": ["kv8"]}, "mixers": ["SA", "GLA"], "state_sizes": [8, 32]},
+        "e2": {"learned_accuracy": 0.5, "saturation_utilisation": 0.4},
+    }
+    stats = {"n_boot": 100, "confidence": 0.9}
+    settings = {"synthetic": synthetic, "tolerance": 1e-3, "relative": True, "stats": stats}
+    text = settings_text(settings, "e8")
+    for part in ("mqar kv8 (num_kv_pairs=8), seq_len=64", "mixers SA, GLA", "TSS [8, 32]"):
+        assert part in text
+    assert "a single seed" in text and "800 training steps" in text and "d_model 64" in text
+    assert "tau = 0.001 (relative)" in text and "tau swept over 0.1, 1e-05" in text
+    assert "saturation: ESS/TSS >= 0.4" in settings_text(settings, "e2")
+    assert settings_text({}, "e1") == ""
