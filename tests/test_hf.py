@@ -396,3 +396,50 @@ def test_layer_ess_takes_the_path_of_the_mixer_and_matches_the_naive_definition(
     assert torch.equal(result.tolerance, naive.tolerance)
     expected_tss = np.asarray(result.positions) if op.kind == "attention" else 8
     np.testing.assert_array_equal(state_size, np.broadcast_to(expected_tss, state_size.shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# ess.models.LanguageModel (the small models the workflow trains for E6)
+
+
+def tiny_language_model(layers):
+    from ess.models import LanguageModel, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=VOCAB, d_model=16, n_layers=2, layers=layers, n_heads=2, window=WINDOW
+    )
+    return LanguageModel(config).eval()
+
+
+@pytest.mark.parametrize("layers", ["SA", "SWA", "LA", "GLA", "S6", "GLA,SA"])
+def test_language_model_operators_rebuild_the_mixers_outputs(layers):
+    """Each captured layer applied to the mixer's own value stream gives the mixer's output
+    before its output projection (y = T u per head/channel; S6 adds its skip D u)."""
+    model, ids = tiny_language_model(layers), token_ids()
+    ops = hf.capture_operators(model, ids)
+    assert [op.layer for op in ops] == [0, 1]
+    _, mixer_inputs = model.forward_with_mixer_inputs(ids)
+    for op, block, x in zip(ops, model.blocks, mixer_inputs, strict=True):
+        u = block.mixer.value_stream(x)[0]  # (H, L, P)
+        y = hf.layer_operator_matrix(op) @ u
+        if "D" in op.tensors:
+            y = y + op.tensors["D"][:, None, None] * u
+        torch.testing.assert_close(y, block.mixer.core(x)[0], rtol=1e-4, atol=1e-5)
+        assert op.meta["family"] == "ess" and op.meta["length"] == LENGTH
+        assert op.kind == ("attention" if block.mixer.kind in ("SA", "SWA") else "ssm")
+
+
+@pytest.mark.parametrize("layers", ["SWA", "GLA", "S6"])
+def test_language_model_layer_ess_matches_the_naive_definition_after_a_round_trip(layers, tmp_path):
+    ops = hf.capture_operators(tiny_language_model(layers), token_ids())
+    hf.save_operators(ops, tmp_path / "operators.safetensors")
+    op = hf.load_operators(tmp_path / "operators.safetensors", layers=[1])[0]
+    result, state_size = hf.layer_ess(op, channels=slice(0, 2))
+    naive = effective_state_size_naive(hf.layer_operator_matrix(op, slice(0, 2)).double())
+    assert torch.equal(result.tolerance, naive.tolerance)
+    if op.kind == "attention":  # SWA: the KV cache is capped by the window
+        assert op.meta["window"] == WINDOW
+        np.testing.assert_array_equal(state_size, np.minimum(np.arange(1, LENGTH), WINDOW))
+    else:
+        assert set(state_size.tolist()) == {16}  # ModelConfig's default state_size

@@ -7,15 +7,24 @@ import pytest
 import torch
 
 from ess.text import (
+    LM_END_OF_TURN,
+    LM_EOS,
     bigram_occurrence,
     bigram_recall,
     corpus_provenance,
+    entry_split,
     first_gap,
+    language_model_stream,
     load_entries,
     load_passages,
+    next_token_loss,
     pack_sentences,
+    recall_gain_ci,
     split_sentences,
     token_logprobs,
+    token_windows,
+    train_language_model,
+    train_tokenizer,
 )
 
 
@@ -57,6 +66,21 @@ def test_load_passages_rejects_bad_bounds():
         load_passages(500, 100)
     with pytest.raises(ValueError, match="min_chars"):
         load_passages(0, 100)
+    with pytest.raises(ValueError, match="split must be None or one of"):
+        load_passages(200, 1000, split="test")
+
+
+def test_train_and_eval_splits_partition_the_passages_by_entry(passages):
+    train = load_passages(200, 1000, seed=0, split="train")
+    held_out = load_passages(200, 1000, seed=0, split="eval")
+    assert sorted(train + held_out) == sorted(passages)
+    assert not set(train) & set(held_out)
+    headwords = {h for h, _ in load_entries()}
+    eval_heads = {h for h in headwords if entry_split(h) == "eval"}
+    assert 0.15 < len(eval_heads) / len(headwords) < 0.25  # 1 / EVAL_MODULUS
+    assert all(
+        p.split(":", 1)[0] in eval_heads for p in held_out if p.split(":", 1)[0] in headwords
+    )
 
 
 def test_split_sentences_keeps_closing_quotes():
@@ -110,6 +134,24 @@ def test_bigram_recall_known_answer():
     assert r["ppl_ratio"] == pytest.approx(0.5)
 
 
+def test_recall_gain_ci_brackets_the_gain_and_is_seeded():
+    r = bigram_recall(counting_logits, SEQUENCE)
+    assert "recall_gain_lo" not in r  # n_boot = 0: no interval
+    # constant log-probabilities within each slice: the interval is the point
+    with_ci = bigram_recall(counting_logits, SEQUENCE, n_boot=200)
+    assert with_ci["recall_gain_lo"] == pytest.approx(math.log(2.0))
+    assert with_ci["recall_gain_hi"] == pytest.approx(math.log(2.0))
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(-4.0, 1.0, 400), rng.normal(-1.0, 1.0, 30)
+    lo, hi = recall_gain_ci(first, second, 2000, 0.95, seed=3)
+    assert lo < second.mean() - first.mean() < hi
+    assert 0.4 < hi - lo < 1.2  # about 2 * 1.96 * sqrt(1/30 + 1/400)
+    assert (lo, hi) == recall_gain_ci(first, second, 2000, 0.95, seed=3)
+    assert np.isnan(recall_gain_ci(first, second[:0], 100, 0.95, seed=0)).all()
+    with pytest.raises(ValueError, match="confidence"):
+        recall_gain_ci(first, second, 100, 1.5, seed=0)
+
+
 def test_bigram_recall_min_distance_leaves_out_near_repeats():
     r = bigram_recall(counting_logits, SEQUENCE[0].numpy(), min_distance=5)
     assert r["n_second"] == 0 and math.isnan(r["ppl_second"])
@@ -161,3 +203,69 @@ def test_bigram_recall_on_a_tiny_transformers_model():
     assert r == bigram_recall(lambda x: model(input_ids=x).logits, ids)
     assert r["n_first"] + r["n_repeat"] == 2 * 39
     assert r["n_second"] > 0 and np.isfinite(r["ppl_second"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Small language models trained on the corpus
+
+
+@pytest.fixture(scope="module")
+def tokenizer(passages):
+    return train_tokenizer(passages[:300], vocab_size=600)
+
+
+def test_trained_tokenizer_has_every_e6_delimiter_and_is_deterministic(passages, tokenizer):
+    from ess.delimiters import DELIMITERS, delimiter_tokens, end_of_turn_token
+
+    assert tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == LM_EOS
+    assert end_of_turn_token(tokenizer) == (
+        LM_END_OF_TURN,
+        tokenizer.convert_tokens_to_ids(LM_END_OF_TURN),
+    )
+    assert all(delimiter_tokens(tokenizer, name)[0] for name in DELIMITERS)
+    assert train_tokenizer(passages[:300], vocab_size=600).get_vocab() == tokenizer.get_vocab()
+    text = passages[0]
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    with pytest.raises(ValueError, match="vocab_size must be >= 300"):
+        train_tokenizer(passages[:3], vocab_size=100)
+
+
+def test_language_model_stream_puts_one_delimiter_after_each_passage(passages, tokenizer):
+    from ess.delimiters import encode
+
+    texts = passages[:40]
+    stream = language_model_stream(tokenizer, texts, seed=3)
+    assert torch.equal(stream, language_model_stream(tokenizer, texts, seed=3))
+    assert not torch.equal(stream, language_model_stream(tokenizer, texts, seed=4))
+    eos = int((stream == tokenizer.eos_token_id).sum())
+    end_of_turn = int((stream == tokenizer.convert_tokens_to_ids(LM_END_OF_TURN)).sum())
+    blank = tokenizer.decode(stream).count("\n\n")  # "<|im_end|>\n" holds a single newline
+    assert eos > 0 and end_of_turn > 0 and eos + end_of_turn < len(texts)
+    assert blank + eos + end_of_turn == len(texts)
+    assert stream[: len(encode(tokenizer, texts[0]))].tolist() == encode(tokenizer, texts[0])
+
+
+def test_token_windows_are_consecutive_next_token_pairs():
+    windows = token_windows(torch.arange(23), seq_len=5)
+    assert windows.shape == (4, 6)
+    assert torch.equal(windows[1], torch.arange(5, 11))
+    with pytest.raises(ValueError, match="holds no window"):
+        token_windows(torch.arange(5), seq_len=5)
+
+
+def test_train_language_model_learns_the_stream_and_is_seeded(passages, tokenizer):
+    from ess.models import ModelConfig
+    from ess.train import TrainConfig
+
+    stream = language_model_stream(tokenizer, passages[:60], seed=0)
+    config = ModelConfig(vocab_size=len(tokenizer), d_model=32, n_layers=2, layers="GLA,SA")
+    train = TrainConfig(steps=40, batch_size=4, lr=1e-2, warmup_steps=4, seed=1)
+    model, losses = train_language_model(config, stream, 64, train)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < losses[0] - 0.5
+    assert not model.training
+    assert next_token_loss(model, stream[:2000], 64) < losses[0] - 0.5
+    _, again = train_language_model(config, stream, 64, train)
+    assert again == losses
+    small = ModelConfig(vocab_size=100, d_model=32, n_layers=2)
+    with pytest.raises(ValueError, match="vocab_size=100"):
+        train_language_model(small, stream, 64, train)

@@ -20,7 +20,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # papermill, the python3 kernel
 }
-FIGURES = ["e6_delimiter_traces", "e6_drop_by_layer"]
+FIGURES = ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]
 TABLES = ["e6_delimiter_drop"]
 
 
@@ -64,18 +64,21 @@ def job_counts(output: str) -> dict[str, int]:
 def test_default_dag_has_the_expected_jobs(tmp_path):
     run = dry_run(tmp_path, "all")
     assert run.returncode == 0, run.stderr + run.stdout
-    # 1 model x (3 delimiters + 2 controls) x 1 seed, all 30 layers in one extract job each
+    # 6 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA and S6 LMs trained here) x
+    # (3 delimiters + 2 controls) x 1 seed, all of a model's layers in one extract job each
     assert job_counts(run.stdout) == {
-        "fetch_model": 1,
-        "convert_model": 1,
-        "make_sequence": 3,
-        "capture_operators": 5,
-        "extract": 5,
-        "bigram_recall": 1,
+        "fetch_model": 2,
+        "convert_model": 2,
+        "train_language_model": 4,
+        "make_sequence": 18,
+        "capture_operators": 30,
+        "extract": 30,
+        "bigram_recall": 6,
         "aggregate": 1,
         "e6_delimiter_traces": 1,
         "e6_drop_by_layer": 1,
         "e6_delimiter_drop": 1,
+        "e6_drop_vs_recall": 1,
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 36 distinct runs
         "make_task_split": 4,
         "train": 36,

@@ -17,6 +17,11 @@ A source string has one of these forms:
 `fetch_model` writes the model into `dest` atomically; `convert_to_transformers` turns a GGUF
 into a plain transformers directory (model.safetensors, config.json, tokenizer files) once;
 `load_causal_lm` loads such a directory with eager attention from safetensors only.
+
+A model trained by the workflow (ess.models.LanguageModel, `ess.text.train_language_model`) is
+kept in a directory of the same shape, written by `save_language_model`: model.safetensors
+(`ess.train.save_checkpoint`: weights, its ModelConfig as metadata), the tokenizer files, and
+LANGUAGE_MODEL_MARKER (how it was trained); `load_causal_lm` loads it too.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ SOURCE_FORMS = (
     "local:<path>",
 )
 FETCH_MARKER = ".ess-fetch.json"
+LANGUAGE_MODEL_MARKER = "ess_language_model.json"
 CONVERT_MARKER = ".ess-convert.json"
 _HF_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _HF_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
@@ -445,14 +451,41 @@ def convert_to_transformers(fetched: Path, out_dir: Path, gguf_file: str | None 
     return out_dir
 
 
+def save_language_model(model, tokenizer, out_dir: Path, record: dict) -> Path:
+    """Write a trained ess.models.LanguageModel and its tokenizer to the directory `out_dir`
+    (absent or empty), atomically: model.safetensors, tokenizer files, and LANGUAGE_MODEL_MARKER
+    holding `record` (JSON: how the model was trained)."""
+    from ess.train import save_checkpoint
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FetchError(f"{out_dir} exists and is not an empty directory; remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.save-", dir=out_dir.parent) as work:
+        staging = Path(work, "model")
+        staging.mkdir()
+        save_checkpoint(model, str(staging / "model.safetensors"))
+        tokenizer.save_pretrained(staging)
+        _publish(staging, out_dir, LANGUAGE_MODEL_MARKER, record)
+    return out_dir
+
+
 def load_causal_lm(
     model_dir: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer) from a transformers directory: eager attention,
-    safetensors weights only, local files only, no remote code unless `trust_remote_code`."""
+    safetensors weights only, local files only, no remote code unless `trust_remote_code`.
+
+    A directory written by `save_language_model` gives its ess.models.LanguageModel (in
+    `dtype`) and tokenizer instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
+    if (model_dir / LANGUAGE_MODEL_MARKER).is_file():
+        from ess.train import load_checkpoint
+
+        model = load_checkpoint(str(model_dir / "model.safetensors")).to(dtype)
+        return model.eval(), AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not _is_transformers_dir(model_dir):
         raise FetchError(
             f"{model_dir} is not a transformers directory with config.json and model.safetensors; "

@@ -13,6 +13,10 @@ of T, never T itself:
   exactly as transformers' torch path does. `layer_realisation` turns them into the time-varying
   realisation (A, B, C) of ESS.md: x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t.
 - hybrids (jamba, bamba, zamba2): each mixer as above, per layer.
+- this project's own ess.models.LanguageModel (SA, SWA, LA, WLA, GLA, S6, GLA-S6, trained on the
+  E6 text by the workflow): its `operators` method gives each layer's T (attention, kept as the
+  (H, L, L) matrix) or diagonal realisation (A, B, C) per head/channel, kept as they are
+  (`language_model_operators`).
 
 How the factors are caught, without touching the model's code:
 
@@ -52,6 +56,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ess.metric import EssResult, effective_state_size, effective_state_size_ssm
+from ess.models import LanguageModel
 
 ATTENTION_FAMILIES = ("gemma3", "gemma3_text", "gpt_neox", "llama", "mistral", "phi")
 SSM_FAMILIES = ("falcon_mamba", "mamba", "mamba2")
@@ -320,7 +325,11 @@ def capture_operators(
 
     keep_inputs=True also keeps each SSM's input channel stream u ((L, D) or (L, H, P)): the
     post-conv, post-activation x the scan consumes.
+
+    An ess.models.LanguageModel goes through `language_model_operators` instead.
     """
+    if isinstance(model, LanguageModel):
+        return language_model_operators(model, input_ids)
     family = check_supported(model)
     input_ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
     if input_ids.shape[0] != 1:
@@ -344,6 +353,48 @@ def capture_operators(
     if missed:
         raise RuntimeError(f"captured no sequence mixer in decoder layers {missed}")
     return recorder.ops
+
+
+def language_model_operators(model: LanguageModel, input_ids: torch.Tensor) -> list[LayerOperator]:
+    """Every layer's operator of an ess.models.LanguageModel on one sequence, in layer order.
+
+    input_ids: (L,) or (1, L). From `model.operators` (one forward pass, no gradients), as float32
+    on the CPU:
+
+    - attention (SA, SWA): kind "attention", tensors T (H, L, L), the causal attention matrix
+      itself; meta: mixer, n_heads, length, window (None for SA);
+    - recurrences (LA, WLA, GLA, GLA-S6, S6): kind "ssm", tensors A, B, C (H, L, N) of the
+      diagonal realisation x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t per head (S6: per
+      channel) [, D (H,) for S6]; meta: mixer, n_heads, d_state, length.
+    """
+    input_ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"capture one sequence at a time, got input_ids {tuple(input_ids.shape)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        layers = model.operators(input_ids.to(device))
+    finally:
+        model.train(was_training)
+    ops = []
+    for layer in layers:
+        first = "T" if "T" in layer else "A"
+        n_heads, length = layer[first].shape[1], layer[first].shape[2]
+        meta = {"family": "ess", "mixer": layer["mixer"], "n_heads": n_heads, "length": length}
+        if "T" in layer:
+            window = getattr(model.blocks[layer["layer"]].mixer, "window", None)
+            tensors, kind = {"T": layer["T"][0]}, "attention"
+            meta["window"] = None if window is None else int(window)
+        else:
+            tensors = {name: layer[name][0] for name in ("A", "B", "C")}
+            if "D" in layer:
+                tensors["D"] = layer["D"]
+            kind = "ssm"
+            meta["d_state"] = int(layer["tss"])
+        tensors = {name: t.detach().to("cpu", torch.float32) for name, t in tensors.items()}
+        ops.append(LayerOperator(layer["layer"], kind, tensors, meta))
+    return ops
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +468,8 @@ def mamba2_realisation(
 def layer_realisation(
     op: LayerOperator, channels: torch.Tensor | slice | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A, B, C), each (channels, L, N), of an SSM layer: channels of mamba, heads of mamba2.
+    """(A, B, C), each (channels, L, N), of an SSM layer: channels of mamba, heads of mamba2,
+    heads (channels for S6) of a realisation stored as it is (ess.models).
 
     `channels` (indices or a slice) restricts the first axis before the realisation is built:
     a full mamba layer's realisation is D * L * N numbers per factor.
@@ -426,6 +478,8 @@ def layer_realisation(
         raise ValueError(f"layer {op.layer} is {op.kind}: it has no fixed-size realisation")
     t = op.tensors
     index = slice(None) if channels is None else channels
+    if "A" in t:  # stored as the realisation itself (ess.models, `language_model_operators`)
+        return t["A"][index], t["B"][index], t["C"][index]
     if op.meta["mixer"] == "mamba":
         return mamba_realisation(t["dt"][:, index], t["a"][index], t["B"], t["C"])
     heads = torch.arange(op.meta["n_heads"])[index]
@@ -474,6 +528,8 @@ def layer_operator_matrix(
     if op.kind == "attention":
         t, m = op.tensors, op.meta
         index = slice(None) if channels is None else channels
+        if "T" in t:  # stored as the matrix itself (ess.models, `language_model_operators`)
+            return t["T"][index]
         q = t["q"][index]
         group = m["n_heads"] // m["n_kv_heads"]
         head_ids = torch.arange(m["n_heads"])[index]

@@ -20,6 +20,8 @@ slang whose entries are short encyclopaedic paragraphs of plain (informal) Engli
   (one of the delimiters under study).
 
 `load_passages` cuts the entries into paragraph-sized passages and shuffles them with a seed.
+`entry_split` puts about a fifth of the entries (by a hash of the headword) in an "eval" split:
+E6 traces models on those, and the small models trained here (below) learn from the others.
 
 Bigram recall
 -------------
@@ -31,6 +33,13 @@ first: the first occurrence can only be guessed from training statistics, the se
 copied from context. `bigram_recall` reports the mean log-probability and perplexity of the
 completing token at first, second and any repeated occurrence (the prediction for x_t is the
 model's output at position t-1).
+
+Small language models
+---------------------
+`train_tokenizer`, `language_model_stream` and `train_language_model` train an
+ess.models.LanguageModel (any of its mixers) by next-token prediction on the "train" passages
+joined by the E6 delimiters, so that E6 can trace linear attention, gated recurrences and SSMs
+on the same text as the pretrained transformers.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 CORPUS_FILE = "jargon-4.4.7.tsv.gz"
 CORPUS_SHA256 = "f2980d6968494ff6622fdc9139e439b4eb932300d8523c4fce5f736aa4000908"
@@ -57,6 +67,10 @@ CORPUS_PROVENANCE: dict[str, Any] = {
     "sha256": CORPUS_SHA256,
     "n_entries": 1998,
 }
+
+# Entries whose headword's sha256 is divisible by EVAL_MODULUS form the "eval" split.
+EVAL_MODULUS = 5
+SPLITS = ("train", "eval")
 
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) and a space.
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+")
@@ -119,12 +133,26 @@ def pack_sentences(sentences: list[str], max_chars: int) -> list[str]:
     return chunks
 
 
-def load_passages(min_chars: int = 200, max_chars: int = 1000, seed: int = 0) -> list[str]:
+def entry_split(headword: str) -> str:
+    """The split of a corpus entry: "eval" for about 1 / EVAL_MODULUS of them, else "train".
+
+    Decided by the sha256 of the headword alone, so the split is the same on every machine and
+    does not depend on passage lengths or seeds: E6 traces models on "eval" passages, and the
+    small models trained here (`train_language_model`) never see them.
+    """
+    digest = int(hashlib.sha256(headword.encode("utf-8")).hexdigest()[:8], 16)
+    return "eval" if digest % EVAL_MODULUS == 0 else "train"
+
+
+def load_passages(
+    min_chars: int = 200, max_chars: int = 1000, seed: int = 0, split: str | None = None
+) -> list[str]:
     """Paragraph-sized passages of the corpus, in a seeded random order.
 
     Each entry becomes "headword: body" (a glossary paragraph). Entries longer than max_chars
     are cut at sentence ends into chunks of at most max_chars (`pack_sentences`); chunks shorter
     than min_chars are dropped. The passages are then permuted with numpy's default_rng(seed).
+    split: None = every entry; "train" or "eval" = only the entries `entry_split` puts there.
     Deterministic: the same arguments give the same list on every machine. No passage holds a
     newline. Returns list[str]; the provenance is `corpus_provenance()`.
     """
@@ -132,8 +160,12 @@ def load_passages(min_chars: int = 200, max_chars: int = 1000, seed: int = 0) ->
         raise ValueError(f"min_chars must be >= 1, got {min_chars}")
     if max_chars < min_chars:
         raise ValueError(f"max_chars ({max_chars}) must be >= min_chars ({min_chars})")
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split must be None or one of {SPLITS}, got {split!r}")
     passages = []
     for headword, body in load_entries():
+        if split is not None and entry_split(headword) != split:
+            continue
         chunks = pack_sentences(split_sentences(f"{headword}: {body}"), max_chars)
         passages.extend(c for c in chunks if len(c) >= min_chars)
     if not passages:
@@ -228,7 +260,12 @@ def first_gap(input_ids: np.ndarray) -> np.ndarray:
 
 
 def bigram_recall(
-    logits_fn: Callable, input_ids: torch.Tensor | np.ndarray, min_distance: int = 1
+    logits_fn: Callable,
+    input_ids: torch.Tensor | np.ndarray,
+    min_distance: int = 1,
+    n_boot: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Bigram-recall score of a causal LM on a token sequence.
 
@@ -244,7 +281,8 @@ def bigram_recall(
       repeat_*  any occurrence after the first (no distance condition);
     the fields n_*, logprob_* (mean natural-log probability) and ppl_* (exp(-logprob_*)); and
     recall_gain = logprob_second - logprob_first (nats; larger = better recall) and
-    ppl_ratio = ppl_second / ppl_first (smaller = better recall).
+    ppl_ratio = ppl_second / ppl_first (smaller = better recall). n_boot > 0 adds
+    recall_gain_lo, recall_gain_hi: its percentile-bootstrap CI over tokens (`recall_gain_ci`).
     """
     if isinstance(input_ids, torch.Tensor):
         ids = input_ids.detach().cpu().long()
@@ -265,4 +303,153 @@ def bigram_recall(
         result.update({f"{key}_{name}": value for key, value in summary.items()})
     result["recall_gain"] = result["logprob_second"] - result["logprob_first"]
     result["ppl_ratio"] = result["ppl_second"] / result["ppl_first"]
+    if n_boot > 0:
+        lo, hi = recall_gain_ci(logprobs[counts == 1], logprobs[second], n_boot, confidence, seed)
+        result.update(recall_gain_lo=lo, recall_gain_hi=hi)
     return result
+
+
+def recall_gain_ci(
+    first: np.ndarray, second: np.ndarray, n_boot: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of mean(second) - mean(first): the two slices' token
+    log-probabilities are resampled independently (ess.stats.bootstrap_indices with seeds
+    seed and seed + 1). NaN, NaN when a slice is empty."""
+    from ess.stats import bootstrap_indices
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if first.size == 0 or second.size == 0:
+        return float("nan"), float("nan")
+    gains = second[bootstrap_indices(second.size, n_boot, seed + 1)].mean(axis=1)
+    gains = gains - first[bootstrap_indices(first.size, n_boot, seed)].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(gains, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small language models trained on the corpus (E6 beyond pretrained transformers)
+#
+# E6's pretrained models are all softmax attention. To trace linear attention, gated
+# recurrences and SSMs on the same text, the workflow trains ess.models.LanguageModel with
+# those mixers here, on the "train" entries (`entry_split`), by next-token prediction on the
+# passages joined by the E6 delimiters (as documents are packed in pretraining), with a
+# byte-level BPE tokenizer trained on the same passages.
+
+LM_EOS = "<|endoftext|>"
+LM_BOS = "<|startoftext|>"
+LM_END_OF_TURN = "<|im_end|>"  # one of ess.delimiters.END_OF_TURN_TOKENS
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 4096) -> Any:
+    """A byte-level BPE tokenizer (transformers PreTrainedTokenizerFast) trained on `texts`.
+
+    Special tokens: eos LM_EOS, bos LM_BOS and the chat end-of-turn token LM_END_OF_TURN, so
+    every E6 delimiter (ess.delimiters.delimiter_tokens) exists. Deterministic for fixed texts.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials), got {vocab_size}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[LM_EOS, LM_BOS, LM_END_OF_TURN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=LM_EOS,
+        bos_token=LM_BOS,
+        additional_special_tokens=[LM_END_OF_TURN],
+    )
+
+
+def language_model_stream(tokenizer: Any, passages: list[str], seed: int = 0) -> torch.Tensor:
+    """(T,) int64: the passages in order, each followed by a delimiter drawn (numpy
+    default_rng(seed)) uniformly from ess.delimiters.DELIMITERS with that delimiter's tokens.
+
+    Passages are encoded bare, without special tokens, as in E6's delimited sequences.
+    """
+    from ess.delimiters import DELIMITERS, delimiter_tokens, encode
+
+    separators = [delimiter_tokens(tokenizer, name)[0] for name in DELIMITERS]
+    choice = np.random.default_rng(seed).integers(0, len(separators), size=len(passages))
+    ids: list[int] = []
+    for passage, k in zip(passages, choice.tolist(), strict=True):
+        ids.extend(encode(tokenizer, passage))
+        ids.extend(separators[k])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(W, seq_len + 1): consecutive non-overlapping windows of a (T,) stream (the rest is
+    dropped); inputs are [:, :-1], next-token targets [:, 1:]."""
+    n_windows = (tokens.numel() - 1) // seq_len
+    if n_windows < 1:
+        raise ValueError(f"a stream of {tokens.numel()} tokens holds no window of {seq_len} + 1")
+    index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
+    return tokens[index]
+
+
+@torch.no_grad()
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, seq_len: int) -> float:
+    """Mean next-token cross-entropy (nats) of `model` over the windows of a (T,) stream."""
+    windows = token_windows(tokens, seq_len)
+    total = 0.0
+    for window in windows:
+        logits = model(window[None, :-1])
+        total += F.cross_entropy(logits[0].float(), window[1:], reduction="sum").item()
+    return total / (windows.shape[0] * seq_len)
+
+
+def train_language_model(
+    model_config: Any, tokens: torch.Tensor, seq_len: int, train_config: Any
+) -> tuple[Any, list[float]]:
+    """Train a fresh ess.models.LanguageModel(model_config) by next-token prediction.
+
+    tokens: (T,) int64 stream (`language_model_stream`), cut into `token_windows` of seq_len;
+    train_config: ess.train.TrainConfig (steps, batch_size, lr with warmup and cosine decay,
+    weight_decay, grad_clip, seed, device). torch.manual_seed(seed) fixes the initialisation
+    and a generator seeded with seed the order of the windows (ess.train.batch_indices).
+    Returns (the model in eval mode on the CPU, the loss of every step).
+    """
+    from ess.models import LanguageModel
+    from ess.train import batch_indices, learning_rate, parameter_groups
+
+    if int(tokens.max()) >= model_config.vocab_size:
+        raise ValueError(
+            f"token id {int(tokens.max())} >= model vocab_size={model_config.vocab_size}"
+        )
+    windows = token_windows(tokens, seq_len)
+    torch.manual_seed(train_config.seed)
+    device = torch.device(train_config.device)
+    model = LanguageModel(model_config).to(device)
+    windows = windows.to(device)
+    optimiser = torch.optim.AdamW(
+        parameter_groups(model, train_config.weight_decay), lr=train_config.lr
+    )
+    batches = batch_indices(
+        windows.shape[0], train_config.batch_size, train_config.steps, train_config.seed
+    )
+    losses = []
+    model.train()
+    for step, index in enumerate(batches):
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, train_config)
+        batch = windows[index.to(device)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimiser.step()
+        losses.append(loss.item())
+    return model.cpu().eval(), losses

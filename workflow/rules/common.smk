@@ -1,7 +1,6 @@
 # Config validation and helpers shared by the rule files (which models, layers, tasks and
 # seeds exist, and the output path of each kind of result). Nothing here computes science.
 
-import json
 import os
 import re
 
@@ -17,6 +16,7 @@ MODEL_SOURCE_FORMS = (
     "pypi:<package>==<version>/<file inside the wheel>",
     "pypi-parts:<package>==<version>/<file>,<package>==<version>/<file>,...",
     "local:<path>",
+    "train:jargon  (a small ess.models.LanguageModel trained here; settings in models.<name>.train)",
 )
 
 
@@ -55,6 +55,30 @@ def check_references(config):
             f"of e6.delimiters or e6.controls ({', '.join(tasks)})"
         )
     for name, model in config["models"].items():
+        train = model.get("train")
+        if train is not None and model["source"] != "train:jargon":
+            raise ValueError(
+                f"config key models.{name}.train is set, but models.{name}.source is "
+                f"{model['source']!r}: `train` only applies to source train:jargon"
+            )
+        if train is not None:
+            if train["warmup_steps"] > train["steps"]:
+                raise ValueError(
+                    f"config key models.{name}.train.warmup_steps = {train['warmup_steps']} "
+                    f"exceeds models.{name}.train.steps = {train['steps']}"
+                )
+            s6 = train["layers"].strip().upper() == "S6"
+            heads = train["d_model"] if s6 else train["n_heads"]
+            if model["n_heads"] != heads:
+                what = (
+                    "train.d_model (S6: one operator per channel)"
+                    if s6
+                    else "train.n_heads"
+                )
+                raise ValueError(
+                    f"config key models.{name}.n_heads is {model['n_heads']}, but the trained "
+                    f"model has {heads} operators per layer ({what})"
+                )
         too_deep = [
             layer for layer in model["layers"] or [] if layer >= model["n_layers"]
         ]
@@ -87,6 +111,18 @@ os.environ.update(
 
 def model_config(model):
     return config["models"][model]
+
+
+def trained_models():
+    """Models the workflow trains itself (source train:jargon): rule train_language_model."""
+    return [
+        name for name, m in config["models"].items() if m["source"] == "train:jargon"
+    ]
+
+
+def model_name_pattern(names):
+    """A {model} wildcard constraint matching exactly `names` (none: matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
 def model_layers(model):
@@ -125,6 +161,12 @@ def e6_condition(task):
 
 def e6_seeds():
     return config["e6"]["seeds"]
+
+
+def e6_add_bos(model):
+    """Whether `model`'s E6 sequences start with bos: models.<model>.add_bos, else e6.add_bos."""
+    own = model_config(model)["add_bos"]
+    return config["e6"]["add_bos"] if own is None else own
 
 
 def resources_for(rule_name, key, fallback):
@@ -252,7 +294,11 @@ def synthetic_run(
             "state_size": state_size,
             **overrides.get("model", {}),
         },
-        "train": {**config["synthetic"]["train"], "seed": seed, **overrides.get("train", {})},
+        "train": {
+            **config["synthetic"]["train"],
+            "seed": seed,
+            **overrides.get("train", {}),
+        },
     }
     spec["model"].setdefault("vocab_size", spec["task"].get("vocab_size", 64))
     labels = {
@@ -275,18 +321,31 @@ def synthetic_grid():
 
     def add(experiment, *args, **kwargs):
         key, run = synthetic_run(experiment, *args, **kwargs)
-        runs.setdefault(key, {**run, "experiments": []})["experiments"].append(experiment)
+        runs.setdefault(key, {**run, "experiments": []})["experiments"].append(
+            experiment
+        )
         return key
 
     if "e1" in s:
         for task, difficulties in s["e1"]["tasks"].items():
             for difficulty in difficulties:
                 for mixer in s["e1"]["mixers"]:
-                    sizes = s["e1"]["state_sizes"][:1] if attention_only(mixer) else s["e1"]["state_sizes"]
+                    sizes = (
+                        s["e1"]["state_sizes"][:1]
+                        if attention_only(mixer)
+                        else s["e1"]["state_sizes"]
+                    )
                     for state_size in sizes:
                         for seed in seeds:
                             for experiment in ("e1", "e2", "e8"):
-                                add(experiment, task, difficulty, mixer, state_size, seed)
+                                add(
+                                    experiment,
+                                    task,
+                                    difficulty,
+                                    mixer,
+                                    state_size,
+                                    seed,
+                                )
     if "e3" in s:
         e3 = s["e3"]
         for mixer in e3["mixers"]:
@@ -296,8 +355,16 @@ def synthetic_grid():
                     if mixer.upper() == "GLA-S6":
                         for alpha in e3["alphas"]:
                             model = {"gla_s6_alpha": alpha}
-                            add("e3", e3["task"], e3["difficulty"], mixer, state_size, seed,
-                                f"alpha{alpha:g}", model=model)
+                            add(
+                                "e3",
+                                e3["task"],
+                                e3["difficulty"],
+                                mixer,
+                                state_size,
+                                seed,
+                                f"alpha{alpha:g}",
+                                model=model,
+                            )
     if "e4" in s:
         e4 = s["e4"]
         for mixer in e4["mixers"]:
@@ -309,20 +376,41 @@ def synthetic_grid():
                 for layers in e4["layer_sets"]:
                     reg = max(e4["lambdas"])
                     variant = f"reg{reg:g}-layers{'+'.join(map(str, layers))}"
-                    add("e4", *common, variant, train={"reg_lambda": reg, "reg_layers": layers})
+                    add(
+                        "e4",
+                        *common,
+                        variant,
+                        train={"reg_lambda": reg, "reg_layers": layers},
+                    )
     if "e5" in s:
         e5 = s["e5"]
         for difficulty in e5["teacher_difficulties"]:
             for seed in seeds:
-                teacher = add("e5", e5["task"], difficulty, e5["mixer"], e5["teacher_state_size"], seed)
+                teacher = add(
+                    "e5",
+                    e5["task"],
+                    difficulty,
+                    e5["mixer"],
+                    e5["teacher_state_size"],
+                    seed,
+                )
                 for state_size in e5["student_state_sizes"]:
                     train = {
                         "distill_weight": e5["distill_weight"],
                         "distill_temperature": e5["temperature"],
                     }
                     variant = f"distil-tss{e5['teacher_state_size']}"
-                    add("e5", e5["task"], difficulty, e5["mixer"], state_size, seed, variant,
-                        train=train, teacher=teacher)
+                    add(
+                        "e5",
+                        e5["task"],
+                        difficulty,
+                        e5["mixer"],
+                        state_size,
+                        seed,
+                        variant,
+                        train=train,
+                        teacher=teacher,
+                    )
     if "e7" in s:
         e7 = s["e7"]
         for pattern in e7["patterns"]:
@@ -339,9 +427,13 @@ def check_synthetic_runs(runs):
         try:
             run_configs(run["spec"])
         except (TypeError, ValueError) as error:
-            raise ValueError(f"synthetic run {key} ({', '.join(run['experiments'])}): {error}")
+            raise ValueError(
+                f"synthetic run {key} ({', '.join(run['experiments'])}): {error}"
+            )
     tolerances = config["synthetic"]["ess"]["tolerances"]
-    if runs and not any(abs(t - config["ess"]["tolerance"]) <= 1e-12 for t in tolerances):
+    if runs and not any(
+        abs(t - config["ess"]["tolerance"]) <= 1e-12 for t in tolerances
+    ):
         raise ValueError(
             f"config key ess.tolerance = {config['ess']['tolerance']} must be one of "
             f"synthetic.ess.tolerances {tolerances} (the synthetic figures use it)"
@@ -384,11 +476,16 @@ def run_teacher(wildcards):
 
 def synthetic_task_splits():
     """(task, difficulty) of every run: the cached splits they need."""
-    return sorted({(r["labels"]["task"], r["labels"]["difficulty"]) for r in SYNTHETIC_RUNS.values()})
+    return sorted(
+        {
+            (r["labels"]["task"], r["labels"]["difficulty"])
+            for r in SYNTHETIC_RUNS.values()
+        }
+    )
 
 
 # Final products of each experiment: figures (PNG + PDF) and tables (CSV + Markdown + LaTeX).
-FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer"]}
+FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]}
 TABLES = {"e6": ["e6_delimiter_drop"]}
 SYNTHETIC_FIGURES = {
     "e1": ["e1_accuracy_vs_ess"],
@@ -411,9 +508,12 @@ SYNTHETIC_TABLES = {
     "runs": ["synthetic_runs"],
 }
 for experiment in ("e1", "e2", "e3", "e4", "e5", "e7", "e8", "runs"):
-    if experiment == "runs" and SYNTHETIC_RUNS or experiment in {
-        e for run in SYNTHETIC_RUNS.values() for e in run["experiments"]
-    }:
+    if (
+        experiment == "runs"
+        and SYNTHETIC_RUNS
+        or experiment
+        in {e for run in SYNTHETIC_RUNS.values() for e in run["experiments"]}
+    ):
         FIGURES[experiment] = SYNTHETIC_FIGURES[experiment]
         TABLES[experiment] = SYNTHETIC_TABLES[experiment]
 
@@ -435,7 +535,8 @@ def all_targets():
 
 
 # ---------------------------------------------------------------------------------------------
-# Notebooks: papermill parameters as one JSON document (papermill -y)
+# Notebooks: papermill parameters as one YAML document (papermill -y reads YAML 1.1, where
+# JSON's 1e-05 would be a string; safe_dump writes 1.0e-05, a float)
 
 
 def notebook_path(name):
@@ -444,7 +545,7 @@ def notebook_path(name):
 
 
 def notebook_parameters(inputs, outputs, **values):
-    """params function: {name: path} of the named inputs and outputs, plus `values`, as JSON.
+    """params function: {name: path} of the named inputs and outputs, plus `values`, as YAML.
 
     The notebook receives each input and output path under its rule name, so its manifests
     can list the inputs (a list-valued input, e.g. `sequences`, stays a list).
@@ -456,7 +557,7 @@ def notebook_parameters(inputs, outputs, **values):
             document[name] = list(input[name]) if is_list(input[name]) else input[name]
         for name in outputs:
             document[name] = output[name]
-        return json.dumps(document)
+        return yaml.safe_dump(document)
 
     return parameters
 
@@ -481,4 +582,21 @@ def e6_settings():
         "n_boot": config["stats"]["n_boot"],
         "confidence": config["stats"]["confidence"],
         "dtype": {model: model_config(model)["dtype"] for model in e6_models()},
+        "add_bos": {model: e6_add_bos(model) for model in e6_models()},
     }
+
+
+def synthetic_notebook_parameters(kind):
+    """params of a synthetic figure or table notebook: the aggregate's paths, the outputs and
+    the config behind the numbers (stated in the captions)."""
+    outputs = ["png", "pdf"] if kind == "figure" else ["csv", "md", "tex"]
+    return notebook_parameters(
+        ["notebook", *SYNTHETIC_AGGREGATE],
+        outputs,
+        settings={
+            "synthetic": config["synthetic"],
+            "tolerance": config["ess"]["tolerance"],
+            "relative": config["ess"]["relative"],
+            "stats": config["stats"],
+        },
+    )

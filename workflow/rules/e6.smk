@@ -37,7 +37,7 @@ rule make_sequence:
         runtime=resources_for("make_sequence", "runtime", 5),
     params:
         n_tokens=config["e6"]["n_tokens"],
-        add_bos=config["e6"]["add_bos"],
+        add_bos=lambda wildcards: e6_add_bos(wildcards.model),
         min_chars=config["e6"]["passages"]["min_chars"],
         max_chars=config["e6"]["passages"]["max_chars"],
         trust_remote_code=lambda wildcards: model_config(wildcards.model)[
@@ -74,6 +74,9 @@ rule bigram_recall:
         task=config["e6"]["recall"]["task"],
         condition=e6_condition(config["e6"]["recall"]["task"]),
         min_distance=config["e6"]["recall"]["min_distance"],
+        n_boot=config["stats"]["n_boot"],
+        confidence=config["stats"]["confidence"],
+        seed=config["stats"]["seed"],
         dtype=lambda wildcards: model_config(wildcards.model)["dtype"],
         device=lambda wildcards: model_config(wildcards.model)["device"],
         trust_remote_code=lambda wildcards: model_config(wildcards.model)[
@@ -245,6 +248,48 @@ rule e6_delimiter_drop:
         ),
     message:
         "Table e6_delimiter_drop: ESS drop per model and delimiter, recall, correlation"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
+
+
+rule e6_drop_vs_recall:
+    input:
+        notebook=notebook_path("e6_drop_vs_recall"),
+        by_model=E6_AGGREGATE["by_model"],
+        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
+        correlation=E6_AGGREGATE["correlation"],
+        correlation_manifest=manifest(E6_AGGREGATE["correlation"]),
+    output:
+        png=report(
+            "results/figures/e6_drop_vs_recall.png",
+            caption="../report/e6_drop_vs_recall.rst",
+            category="E6 state modulation",
+        ),
+        pdf="results/figures/e6_drop_vs_recall.pdf",
+        manifests=multiext(
+            "results/figures/e6_drop_vs_recall",
+            ".png.manifest.json",
+            ".pdf.manifest.json",
+        ),
+        notebook="results/notebooks/e6_drop_vs_recall.ipynb",
+    log:
+        "results/logs/notebooks/e6_drop_vs_recall.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("e6_drop_vs_recall", "mem_mb", 2000),
+        runtime=resources_for("e6_drop_vs_recall", "runtime", 10),
+    params:
+        parameters=notebook_parameters(
+            ["by_model", "correlation", "notebook"],
+            ["png", "pdf"],
+            delimiters=config["e6"]["delimiters"],
+            controls=config["e6"]["controls"],
+            settings=e6_settings(),
+        ),
+    message:
+        "Figure e6_drop_vs_recall: ESS drop at delimiters per model against its bigram recall"
     shell:
         "papermill -k python3 --log-output -y {params.parameters:q} "
         "{input.notebook} {output.notebook} > {log} 2>&1"

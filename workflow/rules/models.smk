@@ -35,6 +35,10 @@ rule convert_model:
         "results/logs/convert_model/{model}.log",
     benchmark:
         "results/benchmarks/convert_model/{model}.tsv"
+    wildcard_constraints:
+        model=model_name_pattern(
+            [name for name in config["models"] if name not in trained_models()]
+        ),
     conda:
         "../../envs/torch.yaml"
     resources:
@@ -46,3 +50,34 @@ rule convert_model:
         "Converting {wildcards.model} to a transformers directory (safetensors)"
     script:
         "../scripts/convert_model.py"
+
+
+# Models trained here (source train:jargon) take the place of fetch + convert: their directory
+# results/models/{model}/hf holds an ess.models.LanguageModel and its BPE tokenizer.
+rule train_language_model:
+    output:
+        model=directory("results/models/{model}/hf"),
+        manifest="results/models/{model}/hf.manifest.json",
+    log:
+        "results/logs/train_language_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_language_model/{model}.tsv"
+    wildcard_constraints:
+        model=model_name_pattern(trained_models()),
+    conda:
+        "../../envs/torch.yaml"
+    threads: resources_for("train_language_model", "threads", 1)
+    resources:
+        mem_mb=resources_for("train_language_model", "mem_mb", 3000),
+        runtime=resources_for("train_language_model", "runtime", 30),
+        gpu=resources_for("train_language_model", "gpu", 0),
+    params:
+        n_layers=lambda wildcards: model_config(wildcards.model)["n_layers"],
+        train=lambda wildcards: model_config(wildcards.model)["train"],
+        min_chars=config["e6"]["passages"]["min_chars"],
+        max_chars=config["e6"]["passages"]["max_chars"],
+        device=lambda wildcards: model_config(wildcards.model)["device"],
+    message:
+        "Training {wildcards.model} on the Jargon File's train entries"
+    script:
+        "../scripts/train_language_model.py"

@@ -121,26 +121,10 @@ rule aggregate_synthetic:
 # Figures and tables: one notebook each (notebooks/<name>.ipynb), all reading the aggregate.
 
 
-def synthetic_notebook_parameters(kind):
-    """params of a synthetic figure or table notebook: the aggregate's paths, the outputs and
-    the config behind the numbers (stated in the captions)."""
-    outputs = ["png", "pdf"] if kind == "figure" else ["csv", "md", "tex"]
-    return notebook_parameters(
-        ["notebook", *SYNTHETIC_AGGREGATE],
-        outputs,
-        settings={
-            "synthetic": config["synthetic"],
-            "tolerance": config["ess"]["tolerance"],
-            "relative": config["ess"]["relative"],
-            "stats": config["stats"],
-        },
-    )
-
-
 rule synthetic_figure:
     input:
-        notebook=notebook_path("{name}"),
         **SYNTHETIC_AGGREGATE,
+        notebook=notebook_path("{name}"),
     output:
         png=report(
             "results/figures/{name}.png",
@@ -148,17 +132,19 @@ rule synthetic_figure:
             category="Synthetic tasks (E1-E5, E7, E8)",
         ),
         pdf="results/figures/{name}.pdf",
-        manifests=multiext("results/figures/{name}", ".png.manifest.json", ".pdf.manifest.json"),
+        manifests=multiext(
+            "results/figures/{name}", ".png.manifest.json", ".pdf.manifest.json"
+        ),
         notebook="results/notebooks/{name}.ipynb",
     log:
         "results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(name for names in SYNTHETIC_FIGURES.values() for name in names),
     conda:
         "../../envs/notebooks.yaml"
     resources:
         mem_mb=resources_for("synthetic_figure", "mem_mb", 2000),
         runtime=resources_for("synthetic_figure", "runtime", 10),
-    wildcard_constraints:
-        name="|".join(name for names in SYNTHETIC_FIGURES.values() for name in names),
     params:
         parameters=synthetic_notebook_parameters("figure"),
     message:
@@ -170,8 +156,8 @@ rule synthetic_figure:
 
 rule synthetic_table:
     input:
-        notebook=notebook_path("{name}"),
         **SYNTHETIC_AGGREGATE,
+        notebook=notebook_path("{name}"),
     output:
         csv=report(
             "results/tables/{name}.csv",
@@ -189,13 +175,13 @@ rule synthetic_table:
         notebook="results/notebooks/{name}.ipynb",
     log:
         "results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(name for names in SYNTHETIC_TABLES.values() for name in names),
     conda:
         "../../envs/notebooks.yaml"
     resources:
         mem_mb=resources_for("synthetic_table", "mem_mb", 2000),
         runtime=resources_for("synthetic_table", "runtime", 10),
-    wildcard_constraints:
-        name="|".join(name for names in SYNTHETIC_TABLES.values() for name in names),
     params:
         parameters=synthetic_notebook_parameters("table"),
     message:

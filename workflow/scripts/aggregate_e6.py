@@ -108,12 +108,16 @@ by_layer = by_layer[[*group_keys, "measure", "boundaries", "n", "mean", "lo", "h
 by_model = by_layer[by_layer["layer"] == ALL_LAYERS].drop(columns="layer")
 if smk.input.recall:
     recall = pd.DataFrame([json.loads(Path(path).read_text()) for path in smk.input.recall])
+    # with several seeds: the mean gain, and the mean of the per-seed token-bootstrap bounds
+    # (wider than the interval of the mean over seeds: a conservative band)
     recall = recall.groupby("model", as_index=False)[
-        ["recall_gain", "ppl_ratio", "ppl_first", "ppl_second"]
+        ["recall_gain", "recall_gain_lo", "recall_gain_hi", "ppl_ratio", "ppl_first", "ppl_second"]
     ].mean()
     by_model = by_model.merge(recall, on="model", how="left")
 else:
-    by_model = by_model.assign(recall_gain=np.nan, ppl_ratio=np.nan)
+    by_model = by_model.assign(
+        recall_gain=np.nan, recall_gain_lo=np.nan, recall_gain_hi=np.nan, ppl_ratio=np.nan
+    )
 
 # --- correlation of the drop with recall across models --------------------------------------
 correlations = []

@@ -13,16 +13,22 @@ from ess.text import bigram_recall
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 sequence = read_sequence(smk.input.sequence, smk.params.condition)
-model = load_model(smk)
-
-
-def logits(input_ids):
-    """Next-token logits on the CPU, wherever the model runs."""
-    return model(input_ids.to(smk.params.device)).logits.cpu()
-
-
-score = bigram_recall(logits, sequence.input_ids, min_distance=smk.params.min_distance)
+model = load_model(smk)  # a transformers model or an ess.models.LanguageModel
+score = bigram_recall(
+    model,
+    sequence.input_ids,
+    min_distance=smk.params.min_distance,
+    n_boot=smk.params.n_boot,
+    confidence=smk.params.confidence,
+    seed=smk.params.seed,
+)
 result = {"model": smk.wildcards.model, "seed": int(smk.wildcards.seed), **score}
 with atomic_output(Path(smk.output.recall)) as temporary:
     temporary.write_text(json.dumps(result, indent=2) + "\n")
-record(smk, [smk.output.recall], inputs=[smk.input.model, smk.input.sequence], started=started)
+record(
+    smk,
+    [smk.output.recall],
+    inputs=[smk.input.model, smk.input.sequence],
+    started=started,
+    seeds={"bootstrap": smk.params.seed},
+)

@@ -1,5 +1,6 @@
-"""Rule make_sequence: passages of the shipped corpus (ess.text.load_passages) joined by one
-delimiter, with its controls (ess.delimiters.build_delimited_sequence), as a JSON file."""
+"""Rule make_sequence: passages of the shipped corpus (ess.text.load_passages, its "eval" entries:
+the models trained here never saw them) joined by one delimiter, with its controls
+(ess.delimiters.build_delimited_sequence), as a JSON file."""
 
 from pathlib import Path
 
@@ -17,7 +18,7 @@ seed = int(smk.wildcards.seed)
 tokenizer = AutoTokenizer.from_pretrained(
     smk.input.model, trust_remote_code=smk.params.trust_remote_code, local_files_only=True
 )
-passages = load_passages(smk.params.min_chars, smk.params.max_chars, seed=seed)
+passages = load_passages(smk.params.min_chars, smk.params.max_chars, seed=seed, split="eval")
 sequence = build_delimited_sequence(
     tokenizer,
     passages,
