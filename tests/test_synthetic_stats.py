@@ -385,3 +385,5 @@ def test_settings_text_states_the_config():
     assert "tau = 0.001 (relative)" in text and "tau swept over 0.1, 1e-05" in text
     assert "saturation: ESS/TSS >= 0.4" in settings_text(settings, "e2")
     assert settings_text({}, "e1") == ""
+    del synthetic["train"]["lr"], synthetic["model"]["n_heads"]  # the dataclasses' defaults
+    assert "lr 0.003" in settings_text(settings) and "1 head(s)" in settings_text(settings)

@@ -861,7 +861,9 @@ def settings_text(settings: dict, experiment: str | None = None) -> str:
     seed_text = f"seeds {seeds}"
     if len(seeds) == 1:
         seed_text += " (a single seed: no spread over seeds)"
-    train, model = s["train"], s["model"]
+    # the config gives only what differs from the dataclasses' defaults
+    train = {**dataclasses.asdict(TrainConfig()), **s["train"]}
+    model = {**dataclasses.asdict(ModelConfig()), **s["model"]}
     mode = "relative" if settings["relative"] else "absolute"
     parts = [_grid_text(s, experiment)] if experiment else []
     parts += [

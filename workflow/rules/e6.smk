@@ -33,7 +33,7 @@ rule make_sequence:
     conda:
         "../../envs/torch.yaml"
     resources:
-        mem_mb=resources_for("make_sequence", "mem_mb", 1000),
+        mem_mb=resources_for("make_sequence", "mem_mb", 2000),
         runtime=resources_for("make_sequence", "runtime", 5),
     params:
         n_tokens=config["e6"]["n_tokens"],
