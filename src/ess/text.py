@@ -421,7 +421,7 @@ def train_language_model(
     Returns (the model in eval mode on the CPU, the loss of every step).
     """
     from ess.models import LanguageModel
-    from ess.train import batch_indices, learning_rate, parameter_groups
+    from ess.train import batch_indices, learning_rate, optimiser_step, parameter_groups
 
     if int(tokens.max()) >= model_config.vocab_size:
         raise ValueError(
@@ -446,10 +446,6 @@ def train_language_model(
         batch = windows[index.to(device)]
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if train_config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        optimiser.step()
+        optimiser_step(model, optimiser, loss, train_config.grad_clip)
         losses.append(loss.item())
     return model.cpu().eval(), losses

@@ -237,11 +237,7 @@ def train(
             loss = loss + train_config.reg_lambda * transition_penalty(
                 model, mixer_inputs, reg_layers
             )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if train_config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        optimiser.step()
+        optimiser_step(model, optimiser, loss, train_config.grad_clip)
         losses.append(loss.item())
         accuracies.append(float(answer_accuracy(logits.detach(), y)))
         lrs.append(lr)
@@ -267,6 +263,17 @@ def train(
         seconds=time.perf_counter() - start,
         model=model,
     )
+
+
+def optimiser_step(
+    model: torch.nn.Module, optimiser: torch.optim.Optimizer, loss: Tensor, grad_clip: float
+) -> None:
+    """One update: backward, clip the global gradient norm to grad_clip (0 = no clipping), step."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimiser.step()
 
 
 def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[Tensor]:
