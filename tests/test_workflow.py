@@ -79,10 +79,10 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "e6_drop_by_layer": 1,
         "e6_delimiter_drop": 1,
         "e6_drop_vs_recall": 1,
-        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 36 distinct runs
+        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct runs
         "make_task_split": 4,
-        "train": 36,
-        "measure_ess": 36,
+        "train": 30,
+        "measure_ess": 30,
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,

@@ -52,8 +52,6 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers.activations import ACT2FN
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ess.metric import EssResult, effective_state_size, effective_state_size_ssm
 from ess.models import LanguageModel
@@ -202,6 +200,10 @@ def _recording_attention(recorder: _Recorder) -> Iterator[None]:
 
         return attention
 
+    # Imported here, as ACT2FN below: importing transformers takes ~2 s, which every extract
+    # job and every capture from an ess.models checkpoint would pay without using it.
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     registry = ALL_ATTENTION_FUNCTIONS
     saved = dict(registry._local_mapping)  # no public way to tell local from global entries
     for name in set(registry.keys()) | {"eager"}:
@@ -253,6 +255,8 @@ def _mamba2_factors(mixer: nn.Module, projected: torch.Tensor) -> dict:
     xBC, split (x, B, C), dt = clamp(softplus(dt_raw + dt_bias), time_step_limit). Returns dt
     (L, H), a = -exp(A_log) (H,), B (L, G, N), C (L, G, N), D (H,), u (L, H, P).
     """
+    from transformers.activations import ACT2FN
+
     length = projected.shape[1]
     n_heads, n_groups, n = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
     _, xbc, dt_raw = projected.split([mixer.intermediate_size, mixer.conv_dim, n_heads], dim=-1)

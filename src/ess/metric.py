@@ -246,8 +246,10 @@ def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
     """s(H_i) for every split position. T: (..., L, L) float64 -> (..., P, R), zero-padded.
 
     Positions with i <= L/2 use the column Gram of T, the others the column Gram of the
-    antitranspose of T at L - i. The two independent sweeps run on two threads, each with a
-    single-threaded LAPACK: for these sizes that beats one sweep with a threaded LAPACK.
+    antitranspose of T at L - i. The two independent sweeps run on two threads when the caller
+    allows torch two or more (each with a single-threaded LAPACK: for these sizes that beats one
+    sweep with a threaded LAPACK), one after the other when it allows one (a workflow job with
+    threads: 1 then keeps to its core).
     """
     length = T.shape[-1]
     s = _empty_spectra(T, split)
@@ -260,7 +262,7 @@ def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
             for i, s_i in _column_gram_spectra(operator, splits):
                 s[..., index[to_position(i)], : s_i.shape[-1]] = s_i
 
-    with _own_threads(), ThreadPoolExecutor(max_workers=2) as pool:
+    with _own_threads() as threads, ThreadPoolExecutor(max_workers=min(2, threads)) as pool:
         jobs = [
             pool.submit(sweep, T, left, lambda i: i),
             pool.submit(sweep, _antitranspose(T), right, lambda i: length - i),
