@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 CORRELATION_METHODS = ("pearson", "spearman")
 
@@ -83,6 +82,10 @@ def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman rho of each row pair: Pearson r of the (average-tie) ranks. (..., n) -> (...)."""
+    # Imported here: scipy.stats takes ~0.5 s to import, paid by every training and ESS job
+    # that imports ess.synthetic without ranking anything.
+    from scipy.stats import rankdata
+
     return pearson_rows(rankdata(x, axis=-1), rankdata(y, axis=-1))
 
 
