@@ -1,6 +1,7 @@
 """The metric: fast paths against the naive definition, properties, and input errors."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from ess import (
     effective_state_size,
     effective_state_size_naive,
     effective_state_size_ssm,
+    metric,
 )
 from ess.metric import entropy_ess, tolerance_ess
 
@@ -63,6 +65,27 @@ def assert_same(r, ref):
 def test_dense_path_equals_definition_on_attention(seed, window):
     T = random_attention(seed, window=window)
     assert_same(effective_state_size(T), effective_state_size_naive(T))
+
+
+def test_dense_path_keeps_to_one_thread_when_given_one(monkeypatch):
+    """A workflow job with threads: 1 must not run its two sweeps on two threads."""
+    sweep_threads = set()
+    column_gram_spectra = metric._column_gram_spectra
+
+    def recording(T, splits):
+        sweep_threads.add(threading.get_ident())
+        yield from column_gram_spectra(T, splits)
+
+    monkeypatch.setattr(metric, "_column_gram_spectra", recording)
+    T = random_attention(0, length=200)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = effective_state_size(T)
+    finally:
+        torch.set_num_threads(before)
+    assert len(sweep_threads) == 1
+    assert_same(result, effective_state_size_naive(T))
 
 
 @pytest.mark.parametrize("seed", range(3))
