@@ -451,6 +451,15 @@ def collapse_verdict(
     return Verdict(E2_CLAIM, "holds" if held else "does not hold", evidence)
 
 
+# The mixers in the order of the figures' legends; each keeps one colour in every figure.
+MIXER_ORDER = ("SA", "LA", "WLA", "GLA", "S6", "GLA-S6")
+
+
+def mixer_colour(mixer: str) -> str:
+    """Matplotlib colour "C<k>" of a mixer by its place in MIXER_ORDER; grey for any other."""
+    return f"C{MIXER_ORDER.index(mixer)}" if mixer in MIXER_ORDER else "0.3"
+
+
 def mixer_label(mixer: str, variant: str) -> str:
     """How a mixer pattern and variant are named in figures: "GLA-S6", "GLA-S6 (alpha1)"."""
     return mixer if variant == "base" else f"{mixer} ({variant})"
