@@ -70,6 +70,19 @@ def bootstrap_mean_ci(
     return float(x.mean()), lo, hi
 
 
+def bootstrap_mean_difference_ci(
+    first: np.ndarray, second: np.ndarray, n_boot: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of mean(second) - mean(first), the two samples resampled
+    independently (bootstrap_indices with seeds seed and seed + 1). NaN, NaN when one is empty."""
+    _check_bootstrap_args(n_boot, confidence)
+    if first.size == 0 or second.size == 0:
+        return float("nan"), float("nan")
+    differences = second[bootstrap_indices(second.size, n_boot, seed + 1)].mean(axis=1)
+    differences = differences - first[bootstrap_indices(first.size, n_boot, seed)].mean(axis=1)
+    return _percentile_interval(differences, confidence)
+
+
 def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r of each row pair. x, y: (..., n) -> (...); NaN where a row is constant."""
     xc = x - x.mean(axis=-1, keepdims=True)

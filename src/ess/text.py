@@ -312,20 +312,12 @@ def bigram_recall(
 def recall_gain_ci(
     first: np.ndarray, second: np.ndarray, n_boot: int, confidence: float, seed: int
 ) -> tuple[float, float]:
-    """Percentile-bootstrap CI of mean(second) - mean(first): the two slices' token
-    log-probabilities are resampled independently (ess.stats.bootstrap_indices with seeds
-    seed and seed + 1). NaN, NaN when a slice is empty."""
-    from ess.stats import bootstrap_indices
+    """Percentile-bootstrap CI of the recall gain mean(second) - mean(first) over tokens: the
+    first and second occurrences' log-probabilities resampled independently
+    (ess.stats.bootstrap_mean_difference_ci). NaN, NaN when a slice is empty."""
+    from ess.stats import bootstrap_mean_difference_ci
 
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if first.size == 0 or second.size == 0:
-        return float("nan"), float("nan")
-    gains = second[bootstrap_indices(second.size, n_boot, seed + 1)].mean(axis=1)
-    gains = gains - first[bootstrap_indices(first.size, n_boot, seed)].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(gains, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    return bootstrap_mean_difference_ci(first, second, n_boot, confidence, seed)
 
 
 # ---------------------------------------------------------------------------------------------
