@@ -55,13 +55,13 @@ def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise()
 def test_training_is_deterministic_and_records_curves():
     a = train(TINY_MODEL, TINY_TASK, TINY_TRAIN)
     b = train(TINY_MODEL, TINY_TASK, TINY_TRAIN)
-    assert a.loss == b.loss and a.accuracy == b.accuracy
-    assert len(a.loss) == len(a.accuracy) == len(a.lr) == 4
+    assert a.curves.loss == b.curves.loss and a.curves.accuracy == b.curves.accuracy
+    assert len(a.curves.loss) == len(a.curves.accuracy) == len(a.curves.lr) == 4
     assert a.test_accuracy == b.test_accuracy and 0.0 <= a.test_accuracy <= 1.0
-    assert all(math.isfinite(x) for x in a.loss)
-    assert set(a.curves()) == {"step", "loss", "accuracy", "lr"}
+    assert all(math.isfinite(x) for x in a.curves.loss)
+    assert set(a.step_table()) == {"step", "loss", "accuracy", "lr", "test_accuracy"}
     c = train(TINY_MODEL, TINY_TASK, TrainConfig(steps=4, batch_size=8, warmup_steps=1, seed=1))
-    assert c.loss != a.loss
+    assert c.curves.loss != a.curves.loss
 
 
 def test_regulariser_lambda_adds_the_penalty():
@@ -71,7 +71,7 @@ def test_regulariser_lambda_adds_the_penalty():
         TINY_TASK,
         TrainConfig(steps=1, batch_size=8, warmup_steps=0, reg_lambda=10.0, reg_layers=(0,)),
     )
-    assert regularised.loss[0] > plain.loss[0]  # same first batch and weights, plus the penalty
+    assert regularised.curves.loss[0] > plain.curves.loss[0]  # same first batch and weights, plus the penalty
 
 
 def test_checkpoint_round_trip_is_safetensors(tmp_path):
@@ -93,8 +93,8 @@ def test_distillation_from_a_teacher_runs_and_pulls_towards_it():
     teacher = LanguageModel(TINY_MODEL)
     config = TrainConfig(steps=30, batch_size=8, warmup_steps=0, lr=1e-2, distill_weight=1.0)
     result = train(TINY_MODEL, TINY_TASK, config, teacher=teacher)
-    assert result.loss[-1] < result.loss[0]  # the KL to the teacher goes down
-    assert 0 < result.test_distillation_loss < result.loss[0]
+    assert result.curves.loss[-1] < result.curves.loss[0]  # the KL to the teacher goes down
+    assert 0 < result.test_distillation_loss < result.curves.loss[0]
     assert train(TINY_MODEL, TINY_TASK, TINY_TRAIN).test_distillation_loss is None
 
 
@@ -120,7 +120,7 @@ def test_short_cpu_run_learns_mqar_well_above_chance():
     result = train(model, task, config)
     chance = 1 / 32
     assert result.test_accuracy > 0.2 > 6 * chance, result.test_accuracy
-    assert sum(result.accuracy[-30:]) / 30 > 0.2 > sum(result.accuracy[:30]) / 30
+    assert sum(result.curves.accuracy[-30:]) / 30 > 0.2 > sum(result.curves.accuracy[:30]) / 30
 
 
 def test_weight_decay_spares_biases_norms_and_decay_parameters():

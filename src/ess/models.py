@@ -87,6 +87,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.conv_size < 0:
             raise ValueError(f"conv_size must be >= 0 (0 = no convolution), got {self.conv_size}")
+        if self.mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0 (0 = no MLP sublayer), got {self.mlp_ratio}")
 
     def layer_kinds(self) -> list[str]:
         """The mixer of each layer: the pattern cycled to n_layers (length must divide it)."""
@@ -152,12 +154,32 @@ def scan_parallel(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor) -> Tensor:
     return materialise(log_a, B, C) @ u
 
 
-def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 8) -> Tensor:
+# Largest |log prod a_t| inside one chunk for which the factorised intra-chunk form is used:
+# exp(-b_j) stays below exp(60) ~ 1e26 and exp(b_i) above 1e-26, far from float32's limits.
+FACTORISED_LOG_DECAY_LIMIT = 60.0
+
+
+def intra_chunk_operator(log_a: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """T inside each chunk: (..., c, l, N) each -> (..., c, l, l), 0 above the diagonal.
+
+    With b_i = sum_{t<=i} log a_t (cumulative log decay from the chunk's start),
+    prod_{t=j+1..i} a_t = exp(b_i - b_j), so T = tril((C * exp(b)) (B * exp(-b))^T): one small
+    matmul instead of the (l, l, N) tensor of `materialise`. The factors stay finite while
+    |b| <= FACTORISED_LOG_DECAY_LIMIT; stronger decays (a long product underflows) fall back to
+    the exact segment sum.
+    """
+    b = torch.cumsum(log_a, dim=-2)
+    if b.detach().min() < -FACTORISED_LOG_DECAY_LIMIT:
+        return materialise(log_a, B, C)
+    return torch.tril((C * torch.exp(b)) @ (B * torch.exp(-b)).transpose(-1, -2))
+
+
+def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 16) -> Tensor:
     """The scan of (exp(log_a), B, C) on u in chunks of `chunk` steps (GLA's chunkwise form).
 
     log_a, B, C: (..., L, N); u: (..., L, P) -> y: (..., L, P). Inside a chunk, y = T_chunk u
-    with T_chunk materialised; across chunks the state S (..., N, P) is carried by a short loop.
-    Every exponent is a sum of log decays, hence <= 0: no overflow however small the decays.
+    (`intra_chunk_operator`); across chunks the state S (..., N, P) is carried by a short loop.
+    Every exponent of the inter-chunk terms is a sum of log decays, hence <= 0.
     """
     length = u.shape[-2]
     pad = (-length) % chunk
@@ -170,10 +192,10 @@ def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 8)
     )
     u = u.expand(*batch, length + pad, p).unflatten(-2, (n_chunks, chunk))  # (..., c, l, P)
 
-    y_intra = materialise(log_a, B, C) @ u  # diagonal blocks: (..., c, l, P)
+    y_intra = intra_chunk_operator(log_a, B, C) @ u  # diagonal blocks: (..., c, l, P)
     decay_in = torch.cumsum(log_a, dim=-2)  # log prod_{t<=i} a_t inside the chunk: (..., c, l, N)
     decay_out = decay_in[..., -1:, :] - decay_in  # log prod_{t>i} a_t to the chunk's end
-    chunk_states = torch.einsum("...ln,...lp->...np", B * torch.exp(decay_out), u)  # (..., c, N, P)
+    chunk_states = (B * torch.exp(decay_out)).transpose(-1, -2) @ u  # (..., c, N, P)
     chunk_decay = torch.exp(decay_in[..., -1, :])  # (..., c, N)
 
     state = u.new_zeros(*batch, n, p)
@@ -182,7 +204,7 @@ def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 8)
         states_in.append(state)
         state = decay_c[..., None] * state + state_c
     states_in = torch.stack(states_in, dim=-3)  # state entering each chunk: (..., c, N, P)
-    y_inter = torch.einsum("...ln,...np->...lp", C * torch.exp(decay_in), states_in)
+    y_inter = (C * torch.exp(decay_in)) @ states_in  # (..., c, l, P)
     return (y_intra + y_inter).flatten(-3, -2)[..., :length, :]
 
 
@@ -191,7 +213,12 @@ def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 8)
 
 
 class ShortConv(nn.Module):
-    """Causal depthwise convolution over time, kernel k (identity if k == 0). (b, L, d) -> same."""
+    """Causal depthwise convolution over time, kernel k (identity if k == 0). (b, L, d) -> same.
+
+    y_t = bias + sum_{m<k} w[:, m] * x_{t-(k-1)+m} (x_t = 0 for t < 0): nn.Conv1d's parameters
+    and result, computed as k shifted multiply-adds, which train several times faster on a CPU
+    than the depthwise convolution kernel at these sizes.
+    """
 
     def __init__(self, d: int, k: int):
         super().__init__()
@@ -201,7 +228,13 @@ class ShortConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is None:
             return x
-        return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+        length = x.shape[1]
+        padded = F.pad(x, (0, 0, self.k - 1, 0))  # k - 1 zeros before t = 0: (b, L + k - 1, d)
+        weight = self.conv.weight[:, 0, :]  # (d, k)
+        y = self.conv.bias + padded[:, :length] * weight[:, 0]
+        for m in range(1, self.k):
+            y = y + padded[:, m : m + length] * weight[:, m]
+        return y
 
 
 def no_weight_decay(p: nn.Parameter) -> nn.Parameter:
@@ -504,21 +537,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + mixer(norm(x)), then x + mlp(norm(x))."""
+    """x + mixer(norm(x)), then x + mlp(norm(x)) (no MLP sublayer when mlp_ratio == 0)."""
 
     def __init__(self, kind: str, config: ModelConfig):
         super().__init__()
         self.kind = kind
         self.norm1 = nn.LayerNorm(config.d_model)
         self.mixer = make_mixer(kind, config)
-        self.norm2 = nn.LayerNorm(config.d_model)
-        self.mlp = MLP(config)
+        self.norm2 = nn.LayerNorm(config.d_model) if config.mlp_ratio > 0 else None
+        self.mlp = MLP(config) if config.mlp_ratio > 0 else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: (b, L, d) -> (block output, mixer input norm1(x)), both (b, L, d)."""
         mixer_input = self.norm1(x)
         x = x + self.mixer(mixer_input)
-        return x + self.mlp(self.norm2(x)), mixer_input
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, mixer_input
 
 
 class LanguageModel(nn.Module):
@@ -532,14 +567,20 @@ class LanguageModel(nn.Module):
         self.head.weight = self.embedding.weight  # tied, as nanoGPT
         self.apply(_init_weights)
 
-    def forward_with_mixer_inputs(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """input_ids: (b, L) -> logits (b, L, V) and each layer's mixer input (b, L, d_model)."""
+    def hidden_with_mixer_inputs(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """input_ids: (b, L) -> the normalised last hidden state (b, L, d_model), which the
+        head maps to logits, and each layer's mixer input (b, L, d_model)."""
         x = self.embedding(input_ids)
         mixer_inputs = []
         for block in self.blocks:
             x, mixer_input = block(x)
             mixer_inputs.append(mixer_input)
-        return self.head(self.norm(x)), mixer_inputs
+        return self.norm(x), mixer_inputs
+
+    def forward_with_mixer_inputs(self, input_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """input_ids: (b, L) -> logits (b, L, V) and each layer's mixer input (b, L, d_model)."""
+        hidden, mixer_inputs = self.hidden_with_mixer_inputs(input_ids)
+        return self.head(hidden), mixer_inputs
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """input_ids: (b, L) -> logits (b, L, V)."""

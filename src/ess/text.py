@@ -409,35 +409,25 @@ def train_language_model(
     tokens: (T,) int64 stream (`language_model_stream`), cut into `token_windows` of seq_len;
     train_config: ess.train.TrainConfig (steps, batch_size, lr with warmup and cosine decay,
     weight_decay, grad_clip, seed, device). torch.manual_seed(seed) fixes the initialisation
-    and a generator seeded with seed the order of the windows (ess.train.batch_indices).
+    and a generator seeded with seed the order of the windows (the loop is ess.train.fit).
     Returns (the model in eval mode on the CPU, the loss of every step).
     """
     from ess.models import LanguageModel
-    from ess.train import batch_indices, learning_rate, optimiser_step, parameter_groups
+    from ess.train import fit
 
     if int(tokens.max()) >= model_config.vocab_size:
         raise ValueError(
             f"token id {int(tokens.max())} >= model vocab_size={model_config.vocab_size}"
         )
-    windows = token_windows(tokens, seq_len)
     torch.manual_seed(train_config.seed)
     device = torch.device(train_config.device)
     model = LanguageModel(model_config).to(device)
-    windows = windows.to(device)
-    optimiser = torch.optim.AdamW(
-        parameter_groups(model, train_config.weight_decay), lr=train_config.lr
-    )
-    batches = batch_indices(
-        windows.shape[0], train_config.batch_size, train_config.steps, train_config.seed
-    )
-    losses = []
-    model.train()
-    for step, index in enumerate(batches):
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(step, train_config)
+    windows = token_windows(tokens, seq_len).to(device)
+
+    def batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, None]:
         batch = windows[index.to(device)]
         logits = model(batch[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        optimiser_step(model, optimiser, loss, train_config.grad_clip)
-        losses.append(loss.item())
+        return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()), None
+
+    losses = fit(model, windows.shape[0], batch_loss, train_config).loss
     return model.cpu().eval(), losses

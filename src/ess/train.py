@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -38,8 +39,11 @@ class TrainConfig:
     min_lr_ratio * lr at the last step. seed: torch.manual_seed for initialisation and batch
     order. reg_lambda / reg_layers: the E4 regulariser (None = every layer with transitions).
     distill_weight / distill_temperature: used only when `train` is given a teacher.
-    eval_batch_size: batch size of the final test evaluation. checkpoint: a .safetensors path
-    to save the final model to (None = no file). device: where to train ("cpu", "cuda").
+    eval_batch_size: batch size of the final test evaluation. eval_every: every this many steps
+    (and at the last), score the first eval_sequences test sequences (a learning curve against
+    sequences seen; 0 = final evaluation only). log_every: print step, loss, accuracy and
+    steps/s every this many steps (0 = silent). checkpoint: a .safetensors path to save the
+    final model to (None = no file). device: where to train ("cpu", "cuda").
     """
 
     steps: int = 300
@@ -55,6 +59,9 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     eval_batch_size: int = 256
+    eval_every: int = 0
+    eval_sequences: int = 256
+    log_every: int = 0
     checkpoint: str | None = None
     device: str = "cpu"
 
@@ -71,35 +78,56 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.reg_lambda < 0:
             raise ValueError(f"reg_lambda must be >= 0, got {self.reg_lambda}")
+        for name in ("eval_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.eval_sequences < 1:
+            raise ValueError(f"eval_sequences must be >= 1, got {self.eval_sequences}")
+
+
+@dataclass
+class Curves:
+    """What `fit` records: per step the objective (loss), the training-batch accuracy (None for
+    a loss without one) and the learning rate; after the steps eval_step (0-based, like the
+    per-step lists' index) the held-out score eval_accuracy."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float | None] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
 
 
 @dataclass
 class TrainResult:
     """Per-step curves on the training batch and the final test scores.
 
-    loss: the full objective of each step (CE or its mix with the KL, plus lambda * penalty);
-    accuracy: answer accuracy on the batch; lr: the learning rate used. test_loss is the plain
-    cross-entropy on the test split; test_distillation_loss the t^2 KL to the teacher there
-    (None without a teacher). seconds: wall time of `train` (data, steps, evaluation).
-    model: the trained model.
+    curves.loss: the full objective of each step (CE or its mix with the KL, plus lambda *
+    penalty); curves.accuracy: answer accuracy on the batch; curves.lr: the learning rate;
+    curves.eval_step / eval_accuracy: the learning curve on test sequences (eval_every).
+    test_loss is the plain cross-entropy on the test split; test_distillation_loss the t^2 KL
+    to the teacher there (None without a teacher). seconds: wall time of `train` (data, steps,
+    evaluation). model: the trained model.
     """
 
-    loss: list[float]
-    accuracy: list[float]
-    lr: list[float]
+    curves: Curves
     test_loss: float
     test_accuracy: float
     test_distillation_loss: float | None
     seconds: float
     model: LanguageModel = field(repr=False)
 
-    def curves(self) -> dict[str, list[float]]:
-        """{"step", "loss", "accuracy", "lr"}: columns of a per-step table."""
+    def step_table(self) -> dict[str, list]:
+        """{"step", "loss", "accuracy", "lr", "test_accuracy"}: columns of a per-step table,
+        step 0-based (test_accuracy is None except after the evaluated steps)."""
+        steps = range(len(self.curves.loss))
+        evaluated = dict(zip(self.curves.eval_step, self.curves.eval_accuracy, strict=True))
         return {
-            "step": list(range(len(self.loss))),
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "lr": self.lr,
+            "step": list(steps),
+            "loss": self.curves.loss,
+            "accuracy": self.curves.accuracy,
+            "lr": self.curves.lr,
+            "test_accuracy": [evaluated.get(step) for step in steps],
         }
 
 
@@ -182,6 +210,63 @@ def parameter_groups(model: LanguageModel, weight_decay: float) -> list[dict]:
     ]
 
 
+def fit(
+    model: torch.nn.Module,
+    n_examples: int,
+    batch_loss: Callable[[Tensor], tuple[Tensor, float | None]],
+    config: TrainConfig,
+    evaluate_accuracy: Callable[[], float] | None = None,
+) -> Curves:
+    """The training loop of every model here (synthetic tasks and text LMs): AdamW on the
+    parameter groups, warmup + cosine learning rate, gradient clipping, seeded batch order.
+
+    batch_loss(index) -> (objective, batch accuracy or None) for the examples `index`
+    (batch_size,) of the caller's data; evaluate_accuracy() -> held-out score, called every
+    config.eval_every steps and after the last (if eval_every > 0). Progress goes to stdout
+    every config.log_every steps. The model is left in train mode.
+    """
+    optimiser = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.lr, fused=True
+    )
+    curves = Curves()
+    batches = batch_indices(n_examples, config.batch_size, config.steps, config.seed)
+    model.train()
+    start = time.perf_counter()
+    for step, index in enumerate(batches):
+        lr = learning_rate(step, config)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        loss, accuracy = batch_loss(index)
+        optimiser_step(model, optimiser, loss, config.grad_clip)
+        curves.loss.append(loss.item())
+        curves.accuracy.append(accuracy)
+        curves.lr.append(lr)
+        last = step + 1 == config.steps
+        if evaluate_accuracy is not None and config.eval_every and (
+            (step + 1) % config.eval_every == 0 or last
+        ):
+            curves.eval_step.append(step)
+            curves.eval_accuracy.append(evaluate_accuracy())
+            model.train()
+        if config.log_every and ((step + 1) % config.log_every == 0 or last):
+            print(progress_line(step, curves, time.perf_counter() - start, config), flush=True)
+    return curves
+
+
+def progress_line(step: int, curves: Curves, seconds: float, config: TrainConfig) -> str:
+    """'step 200/1500  loss 1.234  acc 0.512  test 0.498  9.1 steps/s': means over the last
+    log_every steps, the latest test score if any."""
+    recent = slice(max(0, step + 1 - config.log_every), step + 1)
+    loss = sum(curves.loss[recent]) / len(curves.loss[recent])
+    line = f"step {step + 1}/{config.steps}  loss {loss:.4f}"
+    accuracies = [a for a in curves.accuracy[recent] if a is not None]
+    if accuracies:
+        line += f"  acc {sum(accuracies) / len(accuracies):.3f}"
+    if curves.eval_accuracy:
+        line += f"  test {curves.eval_accuracy[-1]:.3f}"
+    return line + f"  {(step + 1) / seconds:.1f} steps/s"
+
+
 def train(
     model_config: ModelConfig,
     task_config: TaskConfig,
@@ -196,6 +281,7 @@ def train(
     Deterministic for fixed configs on one machine and thread count: torch.manual_seed(seed)
     fixes the initialisation, a torch.Generator seeded with seed fixes the batch order (epochs
     of a random permutation of the train split), the task data come from the task's seeds.
+    Only the answer positions' logits are computed in training (the loss is zero elsewhere).
     """
     if model_config.vocab_size < task_config.vocab_size:
         raise ValueError(
@@ -211,54 +297,42 @@ def train(
     test_inputs, test_targets = (t.to(device) for t in splits[1])
     if teacher is not None:
         teacher.to(device).eval()
-    optimiser = torch.optim.AdamW(
-        parameter_groups(model, train_config.weight_decay), lr=train_config.lr
-    )
-    batches = batch_indices(
-        len(train_inputs), train_config.batch_size, train_config.steps, train_config.seed
-    )
     reg_layers = None if train_config.reg_layers is None else list(train_config.reg_layers)
+    temperature = train_config.distill_temperature
 
-    losses, accuracies, lrs = [], [], []
-    for step, index in enumerate(batches):
-        lr = learning_rate(step, train_config)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
+    def batch_loss(index: Tensor) -> tuple[Tensor, float]:
         index = index.to(device)
         x, y = train_inputs[index], train_targets[index]
-        logits, mixer_inputs = model.forward_with_mixer_inputs(x)
-        loss = answer_loss(logits, y)
+        answer = y != IGNORE
+        hidden, mixer_inputs = model.hidden_with_mixer_inputs(x)
+        logits = model.head(hidden[answer])  # (answers, V)
+        loss = F.cross_entropy(logits, y[answer])
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(x)
-            kl = distillation_loss(logits, teacher_logits, y, train_config.distill_temperature)
+                teacher_logits = teacher(x)[answer]
+            kl = distillation_loss(logits, teacher_logits, y[answer], temperature)
             loss = (1 - train_config.distill_weight) * loss + train_config.distill_weight * kl
         if train_config.reg_lambda > 0:
             loss = loss + train_config.reg_lambda * transition_penalty(
                 model, mixer_inputs, reg_layers
             )
-        optimiser_step(model, optimiser, loss, train_config.grad_clip)
-        losses.append(loss.item())
-        accuracies.append(float(answer_accuracy(logits.detach(), y)))
-        lrs.append(lr)
+        return loss, float((logits.detach().argmax(-1) == y[answer]).float().mean())
 
-    test_loss, test_accuracy, test_distillation_loss = evaluate(
-        model,
-        test_inputs,
-        test_targets,
-        train_config.eval_batch_size,
-        teacher,
-        train_config.distill_temperature,
+    def test_accuracy() -> float:
+        n = train_config.eval_sequences
+        return evaluate(model, test_inputs[:n], test_targets[:n], train_config.eval_batch_size)[1]
+
+    curves = fit(model, len(train_inputs), batch_loss, train_config, test_accuracy)
+    test_loss, test_acc, test_distillation_loss = evaluate(
+        model, test_inputs, test_targets, train_config.eval_batch_size, teacher, temperature
     )
     if train_config.checkpoint is not None:
         save_checkpoint(model, train_config.checkpoint)
     model.cpu()
     return TrainResult(
-        loss=losses,
-        accuracy=accuracies,
-        lr=lrs,
+        curves=curves,
         test_loss=test_loss,
-        test_accuracy=test_accuracy,
+        test_accuracy=test_acc,
         test_distillation_loss=test_distillation_loss,
         seconds=time.perf_counter() - start,
         model=model,

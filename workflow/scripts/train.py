@@ -27,7 +27,7 @@ print(f"test accuracy {result.test_accuracy:.4f} after {result.seconds:.1f} s", 
 with atomic_output(Path(smk.output.model)) as temporary:
     save_checkpoint(result.model, str(temporary))
 with atomic_output(Path(smk.output.curves)) as temporary, open(temporary, "w", newline="") as f:
-    curves = result.curves()
+    curves = result.step_table()
     writer = csv.writer(f)
     writer.writerow(curves)
     writer.writerows(zip(*curves.values(), strict=True))
@@ -39,7 +39,7 @@ metrics = {
     "test_accuracy": result.test_accuracy,
     "test_loss": result.test_loss,
     "test_distillation_loss": result.test_distillation_loss,
-    "final_train_loss": result.loss[-1],
+    "final_train_loss": result.curves.loss[-1],
     "train_seconds": result.seconds,
     "spec": smk.params.spec,
 }
