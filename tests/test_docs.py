@@ -59,7 +59,7 @@ def cited_sections(text: str) -> list[str]:
 
 
 def missing_citations(texts: dict[str, str], sections: set[str]) -> list[str]:
-    """"path: docs/method.md <label>" for each cited label the document does not have."""
+    """Each "path: docs/method.md <label>" whose label the document does not have."""
     return [
         f"{name}: docs/method.md {'' if label.startswith('E') else '§'}{label}"
         for name, text in texts.items()
