@@ -1,8 +1,8 @@
 """Capture each layer's sequence-mixing operator T from a loaded transformers model.
 
-Every mixer computes, per channel, `y = T u` with a causal L x L operator T (see ESS.md). This
-module runs a model ONCE on one token sequence and keeps, per layer, the small O(L d) FACTORS
-of T, never T itself:
+Every mixer computes, per channel, `y = T u` with a causal L x L operator T (docs/method.md §1).
+This module runs a model ONCE on one token sequence and keeps, per layer, the small O(L d)
+FACTORS of T, never T itself:
 
 - softmax attention (llama, mistral, gemma3, gpt_neox, phi): post-RoPE queries `q` (H, L, d)
   and keys `k` (H_kv, L, d) exactly as they enter the attention product, with the scale, the
@@ -11,7 +11,7 @@ of T, never T itself:
 - selective SSMs (mamba, falcon_mamba, mamba2): the discretisation step `dt`, the continuous
   decay `a` and the input-dependent `B`, `C`, recomputed from the mixer's own intermediates
   exactly as transformers' torch path does. `layer_realisation` turns them into the time-varying
-  realisation (A, B, C) of ESS.md: x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t.
+  realisation (A, B, C) of docs/method.md §1.1: x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t.
 - hybrids (jamba, bamba, zamba2): each mixer as above, per layer.
 - this project's own ess.models.LanguageModel (SA, SWA, LA, WLA, GLA, S6, GLA-S6, trained on the
   E6 text by the workflow): its `operators` method gives each layer's T (attention, kept as the

@@ -1,9 +1,10 @@
-"""The mixer zoo of ESS.md as causal operators: per channel, y = T u.
+"""The mixer zoo of docs/method.md §1.2 as causal operators: per channel, y = T u.
 
 Each mixer gets two functions:
 
 - `<mixer>(...) -> Operator`: the materialised causal operator T, built from the closed form in
-  ESS.md's table; its state-space realisation (A, B, C) where one of fixed size exists; its TSS.
+  the table of docs/method.md §1.2; its state-space realisation (A, B, C) where one of fixed size
+  exists; its TSS.
 - `<mixer>_forward(...)`: the mixer's own computation (attention kernel, recurrent scan, direct
   convolution), the slow, obvious reference that `T` must reproduce.
 

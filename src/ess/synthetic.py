@@ -1,11 +1,11 @@
-"""The synthetic-task experiments (ESS.md E1-E5, E7, E8): a run from a plain spec, the ESS of a
-trained model, and the statistics the figures and tables show.
+"""The synthetic-task experiments (docs/method.md, E1-E5, E7, E8): a run from a plain spec, the
+ESS of a trained model, and the statistics the figures and tables show.
 
 A run spec is plain JSON (what the workflow config gives and the manifests record):
 
     {"task": {TaskConfig fields}, "model": {ModelConfig fields}, "train": {TrainConfig fields}}
 
-`model_ess` measures a trained model the way ESS.md defines it: per layer, the ESS of every
+`model_ess` measures a trained model as docs/method.md §2 defines it: per layer, the ESS of every
 head/channel at every split position of each of n test sequences, from one spectrum per
 position, so that tolerance-ESS at several tau and entropy-ESS come from one computation (E8).
 Aggregates are means over sequences, heads/channels and positions ("average ESS"); a model's

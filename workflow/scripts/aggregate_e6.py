@@ -3,8 +3,8 @@ delimiter against each control (ess.delimiters.delimiter_drop), with bootstrap C
 (ess.delimiters.summarise_drops) and the correlation with bigram recall across models
 (ess.stats.correlation_with_ci).
 
-Layer -1 stands for the mean over layers ("average ESS" of ESS.md); every trace is the mean over
-the heads/channels of a layer.
+Layer -1 stands for the mean over layers ("average ESS", docs/method.md §2.4); every trace is the
+mean over the heads/channels of a layer.
 """
 
 import json
