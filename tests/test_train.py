@@ -71,7 +71,8 @@ def test_regulariser_lambda_adds_the_penalty():
         TINY_TASK,
         TrainConfig(steps=1, batch_size=8, warmup_steps=0, reg_lambda=10.0, reg_layers=(0,)),
     )
-    assert regularised.curves.loss[0] > plain.curves.loss[0]  # same first batch and weights, plus the penalty
+    # same first batch and weights, plus the penalty
+    assert regularised.curves.loss[0] > plain.curves.loss[0]
 
 
 def test_checkpoint_round_trip_is_safetensors(tmp_path):

@@ -611,7 +611,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# ESS-informed regulariser (ESS.md E4)
+# ESS-informed regulariser (docs/method.md, E4)
 
 
 def transition_penalty(

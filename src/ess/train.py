@@ -5,8 +5,8 @@
 
 Loss and accuracy are computed at answer positions only (targets != IGNORE). Optional terms:
 
-    loss = (1 - w) * CE + w * t^2 * KL(teacher_t || student_t)   (distillation, ESS.md E5)
-           + lambda * transition_penalty                           (regulariser, ESS.md E4)
+    loss = (1 - w) * CE + w * t^2 * KL(teacher_t || student_t)   (distillation, docs/method.md, E5)
+           + lambda * transition_penalty                          (regulariser, docs/method.md, E4)
 
 with w = distill_weight (only with a teacher), t = distill_temperature, p_t = softmax(logits/t),
 the KL taken at answer positions and averaged over them, and the penalty of
