@@ -47,6 +47,7 @@ train_config = TrainConfig(
     weight_decay=t["weight_decay"],
     warmup_steps=t["warmup_steps"],
     seed=t["seed"],
+    log_every=t["log_every"],
     device=p.device,
 )
 model, losses = train_language_model(model_config, streams["train"], t["seq_len"], train_config)
