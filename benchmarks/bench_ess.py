@@ -8,10 +8,11 @@
 Every measurement runs in a fresh subprocess after a warm-up on a tiny input; its peak memory
 is the peak resident set during the run minus the resident set before it (Linux VmHWM, reset
 through /proc/self/clear_refs), so inputs are not counted. Each method is timed twice: per core
-(torch and BLAS limited to one thread) and on the whole machine (every thread torch has), and
-every ratio is against the two naive loops timed the same way in the same run: float64
-`svdvals` of each H_i (the definition, `effective_state_size_naive`) and float32 `svdvals` (what
-a user would write). Prints markdown tables:
+(torch and BLAS limited to one thread; CPU seconds of the process, which other jobs on a shared
+machine do not inflate) and on the whole machine (every thread torch has; wall seconds). Every
+ratio is against the two naive loops timed the same way in the same run: float64 `svdvals` of
+each H_i (the definition, `effective_state_size_naive`) and float32 `svdvals` (what a user
+would write). Prints markdown tables:
 
 1. one channel of a random diagonal SSM (N=16), materialised for the naive and dense paths:
    the dense path and the realisation path for N = 16 and 64;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -134,7 +136,9 @@ def _reset_peak_rss() -> None:
 
 def _measure(task: dict) -> dict:
     """One timed run in this process, after a warm-up on a tiny input (library initialisation
-    is not what is measured). threads 1: torch and every BLAS in the process on one thread.
+    is not what is measured). threads 1: torch and every BLAS in the process on one thread,
+    timed in CPU seconds of the process (on a machine shared with other jobs its wall time
+    also counts their time slices); threads 0: every thread, timed in wall seconds.
     peak_mb: peak RSS during the run minus the RSS before it."""
     if task["threads"] == 1:
         torch.set_num_threads(1)
@@ -143,11 +147,12 @@ def _measure(task: dict) -> dict:
         inputs = _inputs(task, task["length"])
         _reset_peak_rss()
         before = _peak_rss_mb()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         tolerance = _run(task["method"], *inputs)
-        seconds = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak_mb = _peak_rss_mb() - before
-    return {"seconds": seconds, "peak_mb": peak_mb, "tolerance": tolerance.tolist()}
+    seconds = cpu if task["threads"] == 1 and task.get("device", "cpu") == "cpu" else wall
+    return {"seconds": seconds, "wall": wall, "peak_mb": peak_mb, "tolerance": tolerance.tolist()}
 
 
 def measure(task: dict, repeats: int) -> dict:
@@ -217,7 +222,8 @@ def _ratio(reference: float, s: float) -> str:
 
 def compare(case: dict, methods: list[str], lengths: list[int], args) -> tuple[list, dict]:
     """Time every method at every length per core and on the whole machine (plus on the GPU
-    when asked). Returns the table rows and {(method, threads): [seconds per length]}."""
+    when asked). Returns the table rows and {(method, threads): {"seconds": [per length],
+    "mismatches": [tolerance-ESS positions differing from the definition, per length]}}."""
     rows, series = [], {}
     for length in lengths:
         timed = {}
@@ -230,7 +236,9 @@ def compare(case: dict, methods: list[str], lengths: list[int], args) -> tuple[l
                 timed[method, args.device] = measure({**task, "device": args.device}, args.repeats)
         definition = timed["naive64", 1]["tolerance"]
         for (method, threads), m in timed.items():
-            series.setdefault((method, threads), []).append(m["seconds"])
+            record = series.setdefault((method, threads), {"seconds": [], "mismatches": []})
+            record["seconds"].append(m["seconds"])
+            record["mismatches"].append(mismatches(m["tolerance"], definition))
             if threads == args.device:
                 continue
             gpu = timed.get((method, args.device))
@@ -299,6 +307,7 @@ def main() -> None:
         f"# ESS benchmark: {platform.processor() or platform.machine()}, "
         f"{args.threads} threads, torch {torch.__version__}, commit {commit or '?'}{gpu}"
     )
+    print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     gflops = {threads: matmul_gflops(threads) for threads in (1, None)}
     print(
         f"float64 matmul: {gflops[1]:.1f} GFLOP/s on one thread, {gflops[None]:.1f} on "
@@ -309,7 +318,7 @@ def main() -> None:
         "L",
         "method",
         "threads",
-        "seconds",
+        "seconds (per core: CPU; all: wall)",
         "vs naive f64",
         "vs naive f32",
         "peak MB",
@@ -326,7 +335,7 @@ def main() -> None:
         print(table(header, rows))
         raw["single_channel"] = {"lengths": args.lengths, **_jsonable(series)}
         exponents += [
-            [f"{LABELS[m]}, one channel", cost_exponent(args.lengths, series[m, 1])]
+            [f"{LABELS[m]}, one channel", cost_exponent(args.lengths, series[m, 1]["seconds"])]
             for m in methods
         ]
 
@@ -340,7 +349,7 @@ def main() -> None:
         exponents += [
             [
                 f"{LABELS[m]}, attention x{args.heads}",
-                cost_exponent(args.attention_lengths, series[m, 1]),
+                cost_exponent(args.attention_lengths, series[m, 1]["seconds"]),
             ]
             for m in methods
         ]
