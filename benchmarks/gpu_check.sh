@@ -22,12 +22,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/ess-gpu-check.XXXXXX")}"
 EXTRACT=results/ess/smollm2/eos/seed0/part0.parquet
 OPERATORS=results/operators/smollm2/eos/seed0.safetensors
 RUN=mqar/kv4/GLA/tss8/base/seed0
 TRAIN=results/train/$RUN/metrics.json
-mkdir -p "$WORK"
 
 if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     version=$("$PYTHON" -c "import torch; print(torch.__version__, 'CUDA build:', torch.version.cuda)" 2>&1 || true)
@@ -40,6 +38,8 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
     exit 2
 fi
 started=$SECONDS
+WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/ess-gpu-check.XXXXXX")}"
+mkdir -p "$WORK"
 echo "# GPU check: $("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"), commit $(git -C "$ROOT" rev-parse --short HEAD)"
 
 # 1. The benchmark with the fast paths on CUDA (CPU rows measured in the same run).
@@ -90,7 +90,9 @@ done
 
 # 3. GPU against CPU, and the table.
 "$PYTHON" - "$WORK" "$EXTRACT" "$OPERATORS" "$RUN" <<'EOF'
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -141,7 +143,8 @@ tables = {device: pd.read_parquet(work / device / extract) for device in ("cpu",
 keys = ["layer", "mixer", "head", "position"]
 both = tables["cpu"].merge(tables["cuda"], on=keys, suffixes=("_cpu", "_cuda"))
 moved = int((both["ess_tolerance_cpu"] != both["ess_tolerance_cuda"]).sum())
-means = both.groupby("layer")[[f"ess_{m}_{d}" for m in ("tolerance", "entropy") for d in ("cpu", "cuda")]].mean()
+columns = [f"ess_{m}_{d}" for m in ("tolerance", "entropy") for d in ("cpu", "cuda")]
+means = both.groupby("layer")[columns].mean()
 worst = max(
     ((means[f"ess_{m}_cuda"] - means[f"ess_{m}_cpu"]).abs() / means[f"ess_{m}_cpu"]).max()
     for m in ("tolerance", "entropy")
@@ -165,10 +168,15 @@ for rule, name in (
     )
 
 # the synthetic training run
-metrics = {d: json.loads((work / d / "results/train" / run / "metrics.json").read_text()) for d in ("cpu", "cuda")}
-accuracy = {d: metrics[d]["test_accuracy"] for d in metrics}
+accuracy = {
+    d: json.loads((work / d / "results/train" / run / "metrics.json").read_text())["test_accuracy"]
+    for d in ("cpu", "cuda")
+}
 if abs(accuracy["cpu"] - accuracy["cuda"]) > 0.05:
-    failures.append(f"training {run}: test accuracy {accuracy['cuda']:.3f} on the GPU, {accuracy['cpu']:.3f} on the CPU")
+    failures.append(
+        f"training {run}: test accuracy {accuracy['cuda']:.3f} on the GPU, "
+        f"{accuracy['cpu']:.3f} on the CPU"
+    )
 rows.append(
     [
         f"synthetic training run {run} (workflow job)",
