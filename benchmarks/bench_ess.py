@@ -182,16 +182,18 @@ def mismatches(tolerance: torch.Tensor, reference: torch.Tensor) -> int:
 
 
 def matmul_gflops(threads: int | None) -> float:
-    """float64 matmul throughput of this machine on `threads` threads (None: all), now."""
+    """float64 matmul throughput of this machine on `threads` threads (None: all), now: in CPU
+    seconds on one thread, as the per-core rows are timed."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
+    clock = time.process_time if threads == 1 else time.perf_counter
     a = torch.randn(2048, 2048, dtype=torch.float64)
     a @ a
     times = []
     for _ in range(3):
-        start = time.perf_counter()
+        start = clock()
         a @ a
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     torch.set_num_threads(before)
     return 2 * 2048**3 / min(times) / 1e9
 
@@ -228,13 +230,14 @@ def compare(case: dict, methods: list[str], lengths: list[int], args) -> tuple[l
     for length in lengths:
         timed = {}
         for method in methods:
-            for threads in (1, 0):
+            for threads in args.thread_modes:
                 task = {**case, "method": method, "length": length, "threads": threads}
                 timed[method, threads] = measure(task, args.repeats)
             if args.device != "cpu" and method not in NAIVE:
                 task = {**case, "method": method, "length": length, "threads": 0}
                 timed[method, args.device] = measure({**task, "device": args.device}, args.repeats)
-        definition = timed["naive64", 1]["tolerance"]
+        first = args.thread_modes[0]  # per core unless only the whole machine is timed
+        definition = timed["naive64", first]["tolerance"]
         for (method, threads), m in timed.items():
             record = series.setdefault((method, threads), {"seconds": [], "mismatches": []})
             record["seconds"].append(m["seconds"])
@@ -244,7 +247,7 @@ def compare(case: dict, methods: list[str], lengths: list[int], args) -> tuple[l
             gpu = timed.get((method, args.device))
             rows.append(
                 [
-                    length if method == methods[0] and threads == 1 else "",
+                    length if method == methods[0] and threads == first else "",
                     LABELS[method],
                     "1 (per core)" if threads == 1 else f"all {args.threads}",
                     _seconds(m["seconds"]),
@@ -256,9 +259,9 @@ def compare(case: dict, methods: list[str], lengths: list[int], args) -> tuple[l
                 + (
                     [
                         f"{_seconds(gpu['seconds'])} ("
-                        f"{_ratio(timed['naive64', 1]['seconds'], gpu['seconds'])}) / "
+                        f"{_ratio(timed['naive64', first]['seconds'], gpu['seconds'])}) / "
                         f"{mismatches(gpu['tolerance'], definition)}"
-                        if gpu and threads == 1
+                        if gpu and threads == first
                         else ""
                     ]
                     if args.device != "cpu"
@@ -282,6 +285,14 @@ def main() -> None:
         default=["single", "attention", "scale"],
         choices=["single", "attention", "scale"],
     )
+    parser.add_argument(
+        "--threads",
+        dest="thread_modes",
+        nargs="+",
+        default=["1", "all"],
+        choices=["1", "all"],
+        help="per core (1), whole machine (all) or both (default)",
+    )
     parser.add_argument("--device", default="cpu", help="also time the fast paths here (cuda)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--json", help="also write the raw measurements to this file")
@@ -298,6 +309,7 @@ def main() -> None:
         args.lengths, args.attention_lengths, args.heads = [64, 128], [64, 128], 2
         args.repeats, args.long_length, args.layer_channels = 1, 1024, 8
     args.threads = torch.get_num_threads()
+    args.thread_modes = [1 if mode == "1" else 0 for mode in args.thread_modes]
 
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
@@ -325,7 +337,9 @@ def main() -> None:
         "tolerance-ESS mismatches vs definition",
     ]
     if args.device != "cpu":
-        header.append(f"{args.device}: seconds (vs naive f64 per core) / mismatches")
+        header.append(
+            f"{args.device}: seconds (vs naive f64 in the first threads mode) / mismatches"
+        )
     exponents = []
 
     if "single" in args.sections:
@@ -335,7 +349,10 @@ def main() -> None:
         print(table(header, rows))
         raw["single_channel"] = {"lengths": args.lengths, **_jsonable(series)}
         exponents += [
-            [f"{LABELS[m]}, one channel", cost_exponent(args.lengths, series[m, 1]["seconds"])]
+            [
+                f"{LABELS[m]}, one channel",
+                cost_exponent(args.lengths, series[m, args.thread_modes[0]]["seconds"]),
+            ]
             for m in methods
         ]
 
@@ -349,7 +366,7 @@ def main() -> None:
         exponents += [
             [
                 f"{LABELS[m]}, attention x{args.heads}",
-                cost_exponent(args.attention_lengths, series[m, 1]["seconds"]),
+                cost_exponent(args.attention_lengths, series[m, args.thread_modes[0]]["seconds"]),
             ]
             for m in methods
         ]
@@ -358,7 +375,8 @@ def main() -> None:
         scale(args, raw)
 
     if len(exponents) and min(len(args.lengths), len(args.attention_lengths)) > 1:
-        print("\n## Fitted cost exponent k (time ~ L^k, per core)\n")
+        mode = "per core" if args.thread_modes[0] == 1 else "whole machine"
+        print(f"\n## Fitted cost exponent k (time ~ L^k, {mode})\n")
         print(table(["method", "k"], [[m, f"{k:.2f}"] for m, k in exponents]))
     if args.json:
         with open(args.json, "w") as f:
