@@ -570,9 +570,11 @@ def layer_ess(
     """ESS of one captured mixer at split positions 1, 1 + stride, ... of every head/channel.
 
     Attention has no small realisation: T is materialised per head and goes through the dense
-    path (ess.metric.effective_state_size). An SSM goes through its time-varying realisation
-    (ess.metric.effective_state_size_ssm); T is never built. Returns the EssResult (channels
-    first) and the theoretical state size at each split position: (positions,).
+    path (ess.metric.effective_state_size) by its eigenvalue route, since E6 aggregates both
+    tolerance- and entropy-ESS (the count route, entropy=False, would skip the entropy). An SSM
+    goes through its time-varying realisation (ess.metric.effective_state_size_ssm); T is never
+    built. Returns the EssResult (channels first) and the theoretical state size at each split
+    position: (positions,).
     """
     if op.kind == "attention":
         T = layer_operator_matrix(op, channels).to(device)  # (heads, L, L)
