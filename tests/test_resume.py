@@ -8,11 +8,12 @@ time. Three interruptions, each in a run of the plain `snakemake --cores 1 <targ
 1. Ctrl-C (SIGINT to snakemake's process group, as a terminal sends it) while the second `train`
    job runs (the first has finished);
 2. SIGKILL of the `train` job's own process (`ess status` must show it running, with its log);
-3. SIGKILL of snakemake and its job together (a lost node, `kill -9`): snakemake cannot clean
-   up, the job stays marked incomplete, which without rerun-incomplete (set by profiles/default,
-   the workflow profile) makes the next run stop with IncompleteFilesException, and the
-   directory stays locked: Snakemake cannot tell that the killed run is gone, so this one case
-   needs `snakemake --unlock` (which `ess status` says).
+3. SIGKILL of snakemake just after its job finished, before it could record that (it is held
+   with SIGSTOP while the job ends; a lost login node, `kill -9`, or the issue's Ctrl-C at the
+   wrong moment): complete outputs stay marked incomplete, which without rerun-incomplete (set
+   by profiles/default, the workflow profile) makes the next run stop with
+   IncompleteFilesException; and the directory stays locked: Snakemake cannot tell that the
+   killed run is gone, so this one case needs `snakemake --unlock` (which `ess status` says).
 
 After each, every result at its final path must be whole (its manifest's sha256 matches: atomic
 writes). Then the plain command finishes; the run finished before the first interruption is not
@@ -121,6 +122,14 @@ def train_process(snakemake_pid: int) -> int | None:
     return None
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie whose parent is stopped counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def stop(run: subprocess.Popen) -> int:
     try:
         return run.wait(timeout=WAIT_S)
@@ -190,19 +199,19 @@ def test_interrupted_run_resumes_with_the_plain_command(tmp_path):
     assert not finished(tmp_path, interrupted)
     assert_what_looks_complete_is_right(tmp_path)
 
-    # 3. SIGKILL of the whole run, snakemake and its job (a closed session, a lost node):
-    # snakemake cannot clean up, the job's outputs stay marked incomplete.
+    # 3. The job finishes while snakemake cannot record it (SIGSTOP), then SIGKILL of snakemake
+    # (a lost login node, kill -9): complete outputs stay marked incomplete, and locked.
     third = start_run(tmp_path)
-    wait_until(lambda: train_process(third.pid), "the train job's process", third)
-    wait_until(lambda: running_train(tmp_path), "the train job's log", third)
-    time.sleep(2)
+    pid = wait_until(lambda: train_process(third.pid), "the train job's process", third)
+    os.kill(third.pid, signal.SIGSTOP)  # snakemake only: its job runs on to the end
+    wait_until(lambda: finished(tmp_path, interrupted) and gone(pid), "the job to finish")
     os.killpg(third.pid, signal.SIGKILL)
     assert stop(third) != 0
+    assert finished(tmp_path, interrupted)
     assert_what_looks_complete_is_right(tmp_path)
     status = ess_status(tmp_path)
     assert "outputs marked incomplete): 1" in status, status
     assert f"results/logs/train/{interrupted}.log (changed" in status, status
-
     assert "locked" in status, status  # the killed run's lock: it says how to lift it
     unlock = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]
