@@ -1,11 +1,12 @@
 """Read a Snakemake HTML report the way a reader does: in headless Chromium.
 
 The report is a React app whose results appear only when a reader opens a category (the list
-of its results) and then a result (its caption). `rendered_report` copies the report, adds a
-script that makes those clicks through the app's own `app.setView` / `app.showResultInfo` (what
-its buttons call), and collects the page's visible text (innerText) after each; Chromium's
-`--dump-dom` then hands back the page with that text in it. Nothing is read from the report's
-embedded data except the names of categories and results to click on.
+of its results) and then a result (its caption). `rendered_report` copies the report and adds
+a script that makes those clicks through the app's own `app.setView` / `app.showResultInfo`
+(what its menu, category and result buttons call), collecting the page's visible text
+(innerText) after each; Chromium's `--dump-dom` then hands back the page with that text in it.
+Nothing is read from the report's embedded data except the names of categories and results to
+click on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ window.addEventListener("load", () => setTimeout(async () => {
   const seen = {listed: {}, opened: {}};
   for (const category of Object.keys(categories)) {
     for (const subcategory of Object.keys(categories[category])) {
+      app.setView({navbarMode: "menu"});  // back to the menu, as a reader goes
+      await pause();
       app.setView({navbarMode: "subcategory", category: category, subcategory: subcategory});
       await pause();
       seen.listed[category + " / " + subcategory] = document.body.innerText;
