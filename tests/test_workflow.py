@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from report_browser import chromium, rendered_report, words
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -216,16 +217,64 @@ def audit(workdir, result="results/figures/e6_delimiter_traces.pdf"):
     )
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The workflow's small real target, run once for the tests below: download SmolLM2 (the
+    default source), two layers, one delimiter and one control; and every synthetic experiment
+    on a grid that trains in seconds. Returns its working directory."""
+    workdir = tmp_path_factory.mktemp("small_run")
+    (workdir / "config").mkdir()
+    config = {**SMALL_CONFIG, "synthetic": SMALL_SYNTHETIC}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-c2", "all", timeout=1800)
+    assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
+    return workdir
+
+
+def report_caption(name: str, kind: str) -> str:
+    """The start of a result's caption as workflow/report/*.rst writes it: up to its first
+    config value, with the result's own name filled in and reST's backticks dropped."""
+    own = ROOT / "workflow" / "report" / f"{name}.rst"
+    source = own if own.is_file() else ROOT / "workflow" / "report" / f"synthetic_{kind}.rst"
+    text = source.read_text().replace("{{ snakemake.wildcards.name }}", name)
+    return " ".join(text.split("{{", 1)[0].replace("`", "").split())
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_end_to_end_small_run_and_audit(tmp_path):
-    """Download SmolLM2 (the default source): two layers, one delimiter and one control; and
-    every synthetic experiment on a grid that trains in seconds. Then audit, rerun, report."""
-    (tmp_path / "config").mkdir()
-    config = {**SMALL_CONFIG, "synthetic": SMALL_SYNTHETIC}
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-c2", "all", timeout=1800)
-    assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
+def test_report_lists_every_figure_and_table_with_its_caption(small_run, tmp_path):
+    """`make report` on the small run, opened in headless Chromium: each figure and table of
+    `all` is listed in its category, and opening it shows its caption."""
+    if chromium() is None:
+        pytest.skip("needs Debian's `chromium` package (.ci/run installs it)")
+    made = subprocess.run(
+        ["make", "-C", str(ROOT), "report", f"WORKDIR={small_run}"],
+        capture_output=True, text=True, timeout=600, env=ENV,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    report = small_run / "results" / "report.html"
+    seen = rendered_report(report, tmp_path)
+    expected = [(f"results/figures/{name}.png", name, "figure") for name in FIGURES]
+    expected += [(f"results/figures/{n}.png", n, "figure") for n in SYNTHETIC_FIGURES]
+    expected += [(f"results/tables/{name}.csv", name, "table") for name in TABLES]
+    expected += [(f"results/tables/{n}.csv", n, "table") for n in SYNTHETIC_TABLES]
+    print(f"report.html: {report.stat().st_size / 1e6:.1f} MB, {len(seen['opened'])} results")
+    for path, name, kind in expected:
+        category = "E6 state modulation" if name.startswith("e6_") else "Synthetic tasks"
+        listed = " ".join(text for key, text in seen["listed"].items() if key.startswith(category))
+        assert path in listed, f"{path} is not listed in the report's category {category}"
+        caption = report_caption(name, kind)
+        assert len(caption) > 40, caption
+        assert caption in words(seen["opened"].get(path, "")), f"{path}: caption not shown"
+    assert sorted(seen["opened"]) == sorted(path for path, _, _ in expected)
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_end_to_end_small_run_and_audit(small_run):
+    """The small run's products, their audit down to the weights and the data, a rerun with
+    nothing to do, and tampering caught by the audit."""
+    tmp_path = small_run
     results = tmp_path / "results"
     for name in FIGURES + SYNTHETIC_FIGURES:
         for ext in ("png", "pdf"):
@@ -247,12 +296,6 @@ def test_end_to_end_small_run_and_audit(tmp_path):
 
     again = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "all")
     assert "Nothing to be done" in again.stdout + again.stderr
-
-    report = snakemake(
-        "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--report", "report.html"
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert (tmp_path / "report.html").stat().st_size > 0
 
     # Tampering with an intermediate of the chain makes the audit fail and name it.
     tampered = next((results / "ess" / "smollm2").rglob("part*.parquet"))

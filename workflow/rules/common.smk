@@ -7,6 +7,8 @@ import re
 import yaml
 from snakemake.utils import validate
 
+from ess.workflow_config import check_config
+
 # ---------------------------------------------------------------------------------------------
 # Config validation: before any job is scheduled.
 
@@ -40,58 +42,10 @@ def check_model_sources(config):
             )
 
 
-def check_references(config):
-    """Names used in e6.models, e6.recall.task and models.*.layers must exist."""
-    for name in config["e6"]["models"] or []:
-        if name not in config["models"]:
-            raise ValueError(
-                f"config key e6.models names {name!r}, which is not a key of models "
-                f"({', '.join(config['models'])})"
-            )
-    tasks = config["e6"]["delimiters"] + config["e6"]["controls"]
-    if config["e6"]["recall"]["task"] not in tasks:
-        raise ValueError(
-            f"config key e6.recall.task is {config['e6']['recall']['task']!r}; it must be one "
-            f"of e6.delimiters or e6.controls ({', '.join(tasks)})"
-        )
-    for name, model in config["models"].items():
-        train = model.get("train")
-        if train is not None and model["source"] != "train:jargon":
-            raise ValueError(
-                f"config key models.{name}.train is set, but models.{name}.source is "
-                f"{model['source']!r}: `train` only applies to source train:jargon"
-            )
-        if train is not None:
-            if train["warmup_steps"] > train["steps"]:
-                raise ValueError(
-                    f"config key models.{name}.train.warmup_steps = {train['warmup_steps']} "
-                    f"exceeds models.{name}.train.steps = {train['steps']}"
-                )
-            s6 = train["layers"].strip().upper() == "S6"
-            heads = train["d_model"] if s6 else train["n_heads"]
-            if model["n_heads"] != heads:
-                what = (
-                    "train.d_model (S6: one operator per channel)"
-                    if s6
-                    else "train.n_heads"
-                )
-                raise ValueError(
-                    f"config key models.{name}.n_heads is {model['n_heads']}, but the trained "
-                    f"model has {heads} operators per layer ({what})"
-                )
-        too_deep = [
-            layer for layer in model["layers"] or [] if layer >= model["n_layers"]
-        ]
-        if too_deep:
-            raise ValueError(
-                f"config key models.{name}.layers lists {too_deep}, but models.{name}.n_layers "
-                f"is {model['n_layers']} (layers are 0-based)"
-            )
-
-
 check_model_sources(config)
 validate(config, SCHEMA)
-check_references(config)
+# What the schema cannot say: sizes that must fit each other, names that must exist.
+check_config(config)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).

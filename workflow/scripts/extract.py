@@ -4,6 +4,8 @@ head x position). Attention goes through the dense path, SSMs through their real
 (ess.hf.layer_ess).
 """
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ channels = slice(None, None, smk.params.channel_stride)  # heads (attention) or 
 ops = load_operators(smk.input.operators, layers=smk.params.layers)
 
 frames = []
-for layer in smk.params.layers:
+for done, layer in enumerate(smk.params.layers, start=1):
+    layer_started = time.time()
     layer_ops = [op for op in ops if op.layer == layer]
     for mixer_index, op in enumerate(layer_ops):  # a zamba2 layer holds two mixers
         result, state_size = layer_ess(
@@ -51,7 +54,18 @@ for layer in smk.params.layers:
                 }
             )
         )
-    print(f"layer {layer}: {len(layer_ops)} mixer(s) done", flush=True)
+    # Progress in the job's log (`ess status` shows its last line): one line per layer.
+    logging.info(
+        "layer %d (%d of %d): %d mixer(s), %d channels x %d positions in %.1f s; elapsed %.1f s",
+        layer,
+        done,
+        len(smk.params.layers),
+        len(layer_ops),
+        n_heads,
+        len(split),
+        time.time() - layer_started,
+        time.time() - started,
+    )
 
 with atomic_output(Path(smk.output.ess)) as temporary:
     pd.concat(frames, ignore_index=True).to_parquet(temporary, index=False)
