@@ -1,6 +1,7 @@
 """The config schema (workflow/schemas/config.schema.yaml) and the checks in common.smk:
 unknown keys, wrong types and malformed model sources fail before any job, naming the key;
-the shipped configs are valid."""
+the shipped configs are valid. Values that must fit each other (ess.workflow_config):
+tests/test_config_checks.py."""
 
 from __future__ import annotations
 

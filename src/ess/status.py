@@ -3,7 +3,7 @@
 Three views of a working directory (the one holding `results/` and `.snakemake/`):
 
 - the figures and tables present in results/figures and results/tables, with their formats;
-- per rule, the jobs done (outputs with a provenance manifest naming the rule, one per job) and
+- per rule, the jobs done (Snakemake's records of finished jobs whose outputs are present) and
   the jobs still to run (a `snakemake --dry-run` of the target, which takes no lock: safe while
   a run goes on, locally or on SLURM);
 - the jobs in progress: outputs Snakemake has marked incomplete (a running job, or one that was
@@ -50,16 +50,31 @@ def products(workdir: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def done_jobs(workdir: Path) -> Counter:
-    """{rule: jobs} of the finished jobs: distinct (rule, wildcards) over the manifests."""
-    jobs = set()
-    for path in (workdir / "results").rglob("*.manifest.json"):
-        try:
-            extra = json.loads(path.read_text()).get("extra", {})
-        except (OSError, json.JSONDecodeError):
-            continue  # being written: it is renamed into place when complete
-        if "rule" in extra:
-            jobs.add((extra["rule"], json.dumps(extra.get("wildcards", {}), sort_keys=True)))
+    """{rule: jobs} of the finished jobs whose outputs are present, from Snakemake's records
+    (.snakemake/metadata/, one JSON file per output named by its path in urlsafe base64)."""
+    jobs = set()  # a job is its rule and its log files (every rule here logs per job)
+    for output, record in snakemake_records(workdir / ".snakemake" / "metadata"):
+        if record and "rule" in record and (workdir / output).exists():
+            jobs.add((record["rule"], tuple(record.get("log") or [output])))
     return Counter(rule for rule, _ in jobs)
+
+
+def snakemake_records(root: Path):
+    """(path, JSON record or None) per file of a Snakemake persistence folder, whose file names
+    are the urlsafe base64 of a path, split over folders prefixed '@' when long."""
+    for marker in sorted(root.rglob("*")) if root.is_dir() else []:
+        if marker.is_dir() or marker.name == "migration_underway":
+            continue
+        encoded = "".join(part.lstrip("@") for part in marker.relative_to(root).parts)
+        try:
+            path = base64.urlsafe_b64decode(encoded).decode()
+        except ValueError:
+            continue
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            record = None  # an empty incomplete marker, or a record being written
+        yield path, record
 
 
 def pending_jobs(workdir: Path, snakefile: Path, target: str = "all") -> dict[str, int] | str:
@@ -83,19 +98,8 @@ def pending_jobs(workdir: Path, snakefile: Path, target: str = "all") -> dict[st
 
 
 def incomplete_outputs(workdir: Path) -> list[str]:
-    """Outputs Snakemake has marked incomplete (.snakemake/incomplete/, its file backend: the
-    urlsafe base64 of the path, split over directories prefixed '@' when long)."""
-    root = workdir / ".snakemake" / "incomplete"
-    outputs = []
-    for marker in sorted(root.rglob("*")) if root.is_dir() else []:
-        if marker.is_dir() or marker.name == "migration_underway":
-            continue
-        encoded = "".join(part.lstrip("@") for part in marker.relative_to(root).parts)
-        try:
-            outputs.append(base64.urlsafe_b64decode(encoded).decode())
-        except ValueError:
-            continue
-    return outputs
+    """Outputs Snakemake has marked incomplete (.snakemake/incomplete/)."""
+    return [path for path, _ in snakemake_records(workdir / ".snakemake" / "incomplete")]
 
 
 def logged_outputs(workdir: Path) -> dict[str, Path]:
@@ -144,7 +148,7 @@ def status_text(workdir: Path, snakefile: Path | None, target: str = "all") -> s
         lines += [f"  {name:40} {' '.join(exts)}" for name, exts in names.items()]
     done = done_jobs(workdir)
     pending = pending_jobs(workdir, snakefile, target) if snakefile else "no Snakefile found"
-    lines.append(f"jobs of `{target}`: done (with a manifest), still to run")
+    lines.append(f"jobs of `{target}`: done, still to run")
     if isinstance(pending, str):
         lines.append(f"  still to run: unknown ({pending})")
         pending = {}

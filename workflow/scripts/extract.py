@@ -26,6 +26,8 @@ frames = []
 for done, layer in enumerate(smk.params.layers, start=1):
     layer_started = time.time()
     layer_ops = [op for op in ops if op.layer == layer]
+    kinds = ", ".join(op.kind for op in layer_ops)
+    logging.info("layer %d (%d of %d): %s, started", layer, done, len(smk.params.layers), kinds)
     for mixer_index, op in enumerate(layer_ops):  # a zamba2 layer holds two mixers
         result, state_size = layer_ess(
             op,
