@@ -122,6 +122,9 @@ def count_route_cases():
         "SSM": materialise(A, B, C),
         "retrieval attention": retrieval_attention(),
         "zero": torch.zeros(2, 12, 12),
+        "a zero head beside a softmax one": torch.stack(
+            [random_attention(2, heads=1)[0], torch.zeros(40, 40, dtype=torch.float64)]
+        ),
     }
 
 

@@ -279,9 +279,9 @@ def _top_eigenvalue(G: np.ndarray, x: np.ndarray, rtol: float, steps: int = 30):
         gap = np.where(separated, mu - beta, 1.0)
         certified = separated & (r**2 / gap <= rtol * mu)
         norm = np.linalg.norm(y, axis=-1, keepdims=True)
-        if certified.all() or not norm.all():
+        if (certified | (norm[:, 0] == 0)).all():  # G x = 0: x stays, nothing is certified
             break
-        x = y / norm
+        x = np.where(norm > 0, y / np.where(norm > 0, norm, 1.0), x)
     return mu, certified, x
 
 
@@ -320,8 +320,10 @@ def _gram_counts(
     G = np.array(gram.numpy(), order="C")  # a copy: the factorisation overwrites it
     counts = np.zeros(len(G), dtype=np.int64)
     if relative:
-        # lambda_max to within n eps / tol^2: theta = tol^2 lambda_max to n eps lambda_max
-        top, certified, x = _top_eigenvalue(G, x, rtol=n * FLOAT64_EPS / tol**2)
+        # lambda_max to n eps / tol^2 relative (theta = tol^2 lambda_max to n eps lambda_max),
+        # and to 1e-3 at most: with a tiny tol theta is the floor, 0.1 n eps lambda_max
+        rtol = min(n * FLOAT64_EPS / tol**2, 1e-3)
+        top, certified, x = _top_eigenvalue(G, x, rtol=rtol)
         theta = np.maximum(tol**2 * top, _eigenvalue_floor(top, n))
     else:  # lambda_max <= |G|_F: the floor is below tol^2 whenever theta can ignore it
         certified = tol**2 > _eigenvalue_floor(np.linalg.norm(G, axis=(1, 2)), n)
