@@ -1,17 +1,19 @@
 """Training throughput: the shipped loop of BASELINE_COMMIT against today's, in one run.
 
-For each mixer of the default synthetic grid, sequences/s and steps/s of ess.train.train on
-MQAR (V 64, L 64, kv 4, TSS 32, d_model 64, 2 layers) at each batch size, for
-- `baseline`: the library as of BASELINE_COMMIT (the loop before the speed-ups, MLP ratio 4),
-  extracted with `git archive` into a temporary folder;
-- `same model`: today's library, the same architecture (mlp_ratio 4);
-- `default`: today's library with the synthetic default's model (config/config.yaml).
-Every measurement is a fresh process on one thread, the three variants interleaved, repeated
-`--repeats` times; the table gives medians and the ratios against the baseline measured in the
-same run. `--parallel 2` also runs two processes at once (the whole 2-core machine, as
-`snakemake --cores 2` trains two runs at a time) and reports their summed throughput.
+For each mixer of the default synthetic grid (TSS 32, 2 layers, batch 32 and 128), seconds
+per step and sequences/s of ess.train.train on MQAR kv4 for
+- `baseline`: the library as of BASELINE_COMMIT (the loop before the speed-ups) with that
+  commit's default (d_model 64, MLP ratio 4, L = 64), extracted with `git archive`;
+- `today, same model`: today's library on exactly the baseline's model and task (the loop's
+  own speed-up: factorised chunk scan, shifted convolution, answer-only logits, fused AdamW);
+- `today, default`: today's library with the synthetic default of config/config.yaml (its
+  model and its MQAR length; a different amount of work per sequence, reported as it is).
+Every measurement is a fresh process on one thread (per core), the variants interleaved,
+repeated `--repeats` times; the table gives medians and ratios against the baseline measured
+in the same run. `--parallel 2` adds the summed throughput of two processes at once (the
+whole 2-core machine, as `snakemake --cores 2` trains two runs at a time).
 
-    python benchmarks/bench_train.py            # ~6 minutes on 2 cores
+    python benchmarks/bench_train.py            # ~10 minutes on 2 cores
     python benchmarks/bench_train.py --quick    # smoke test
 """
 
@@ -33,7 +35,8 @@ import yaml
 BASELINE_COMMIT = "1be4d11"  # main before the training speed-ups (issue 11)
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs in the child process: train `steps` steps (after `warmup` untimed ones) and print JSON.
+# Runs in the child process: the time of `steps` steps as the difference of two runs that
+# differ only in their length (setup and evaluation cancel), printed as JSON.
 CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
@@ -49,6 +52,7 @@ def run(steps):
     start = time.perf_counter()
     train(ModelConfig(**spec["model"]), task, config, splits=splits)
     return time.perf_counter() - start
+run(spec["warmup"])  # first use of every kernel in this process: not timed
 short = run(spec["warmup"])
 full = run(spec["warmup"] + spec["steps"])
 print(json.dumps({"seconds_per_step": (full - short) / spec["steps"]}))
@@ -59,7 +63,8 @@ def baseline_tree(commit: str, into: Path) -> Path:
     """src/ of `commit` extracted under `into` (git archive): the import path of the baseline."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "src"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
@@ -71,7 +76,10 @@ def measure(src: Path, spec: dict) -> float:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(spec)],
-        check=True, capture_output=True, text=True, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["seconds_per_step"]
 
@@ -80,8 +88,12 @@ def measure_parallel(src: Path, spec: dict, processes: int) -> float:
     """Summed steps/s of `processes` identical processes started together."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     children = [
-        subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)],
-                         stdout=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(processes)
     ]
     rates = []
@@ -93,10 +105,11 @@ def measure_parallel(src: Path, spec: dict, processes: int) -> float:
     return sum(rates)
 
 
-def default_model() -> dict:
-    """The synthetic default's shared model settings (config/config.yaml synthetic.model)."""
+def default_setting() -> tuple[dict, dict]:
+    """(model fields, MQAR task fields) of the synthetic default (config/config.yaml)."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return dict(config["synthetic"]["model"])
+    synthetic = config["synthetic"]
+    return dict(synthetic["model"]), dict(synthetic["tasks"]["mqar"]["common"])
 
 
 def main() -> None:
@@ -105,50 +118,82 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32,128")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--parallel", type=int, default=2, help="processes for the whole-machine row (0 = skip)")
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="processes for the whole-machine row (0 = skip)"
+    )
     parser.add_argument("--quick", action="store_true", help="2 mixers, 1 batch size, few steps")
     args = parser.parse_args()
     if args.quick:
-        args.mixers, args.batch_sizes, args.steps, args.repeats, args.parallel = "SA,GLA", "32", 5, 1, 0
-    default = default_model()
-    task = {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4,
-            "n_train": 2048, "n_test": 16}
+        args.mixers, args.batch_sizes, args.steps = "SA,GLA", "32", 20
+        args.repeats, args.parallel = 1, 0
+    default_model, default_task = default_setting()
+    base_task = {
+        "name": "mqar",
+        "vocab_size": 64,
+        "seq_len": 64,
+        "num_kv_pairs": 4,
+        "n_train": 2048,
+        "n_test": 16,
+    }
+    new_task = {**base_task, "seq_len": default_task["seq_len"], "filler": default_task["filler"]}
     with tempfile.TemporaryDirectory() as tmp:
         old_src = baseline_tree(BASELINE_COMMIT, Path(tmp))
         new_src = ROOT / "src"
-        print(f"baseline {BASELINE_COMMIT}; one thread per process; {args.steps} timed steps after "
-              f"3 untimed; median of {args.repeats}; default model {default}")
+        print(
+            f"baseline {BASELINE_COMMIT}; one thread per process; {args.steps} timed steps "
+            f"after 3 untimed; median of {args.repeats}; default model {default_model}, "
+            f"L = {new_task['seq_len']}; load average {os.getloadavg()[0]:.1f}"
+        )
         header = ("mixer", "batch", "variant", "ms/step", "seq/s", "x baseline")
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for mixer in args.mixers.split(","):
             for batch in map(int, args.batch_sizes.split(",")):
-                base_model = {"vocab_size": 64, "d_model": 64, "n_layers": 2, "layers": mixer,
-                              "state_size": 32}
+                base_model = {
+                    "vocab_size": 64,
+                    "d_model": 64,
+                    "n_layers": 2,
+                    "layers": mixer,
+                    "state_size": 32,
+                }
                 variants = {
-                    "baseline": (old_src, base_model),
-                    "same model": (new_src, {**base_model, "mlp_ratio": 4}),
-                    "default": (new_src, {**base_model, **default, "layers": mixer,
-                                          "state_size": 32}),
+                    "baseline": (old_src, base_model, base_task),
+                    "today, same model": (new_src, {**base_model, "mlp_ratio": 4}, base_task),
+                    "today, default": (
+                        new_src,
+                        {**base_model, **default_model, "layers": mixer, "state_size": 32},
+                        new_task,
+                    ),
+                }
+                specs = {
+                    name: {
+                        "task": task,
+                        "model": model,
+                        "batch_size": batch,
+                        "steps": args.steps,
+                        "warmup": 3,
+                    }
+                    for name, (_, model, task) in variants.items()
                 }
                 times = {name: [] for name in variants}
                 for _ in range(args.repeats):
-                    for name, (src, model) in variants.items():
-                        spec = {"task": task, "model": model, "batch_size": batch,
-                                "steps": args.steps, "warmup": 3}
-                        times[name].append(measure(src, spec))
+                    for name, (src, _, _) in variants.items():
+                        times[name].append(measure(src, specs[name]))
                 base = statistics.median(times["baseline"])
                 for name, samples in times.items():
                     t = statistics.median(samples)
-                    print(f"| {mixer} | {batch} | {name} | {1e3 * t:.1f} | {batch / t:.0f} | "
-                          f"{base / t:.2f} |", flush=True)
+                    print(
+                        f"| {mixer} | {batch} | {name} | {1e3 * t:.1f} | {batch / t:.0f} | "
+                        f"{base / t:.2f} |",
+                        flush=True,
+                    )
                 if args.parallel:
-                    for name in ("baseline", "default"):
-                        src, model = variants[name]
-                        spec = {"task": task, "model": model, "batch_size": batch,
-                                "steps": args.steps, "warmup": 3}
-                        rate = measure_parallel(src, spec, args.parallel)
-                        print(f"| {mixer} | {batch} | {name}, {args.parallel} processes | "
-                              f"{1e3 / rate:.1f} | {batch * rate:.0f} | - |", flush=True)
+                    for name in ("baseline", "today, default"):
+                        rate = measure_parallel(variants[name][0], specs[name], args.parallel)
+                        print(
+                            f"| {mixer} | {batch} | {name}, {args.parallel} processes | "
+                            f"{1e3 / rate:.1f} | {batch * rate:.0f} | - |",
+                            flush=True,
+                        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import itertools
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -31,10 +31,22 @@ from ess.train import TrainConfig, train
 
 BASE = {
     "model": {"vocab_size": 64, "d_model": 64, "n_layers": 2, "layers": "GLA", "state_size": 32},
-    "task": {"name": "mqar", "vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4,
-             "n_train": 20_000, "n_test": 1_000},
-    "train": {"steps": 1500, "batch_size": 32, "lr": 3e-3, "warmup_steps": 50,
-              "eval_every": 100, "eval_sequences": 256},
+    "task": {
+        "name": "mqar",
+        "vocab_size": 64,
+        "seq_len": 64,
+        "num_kv_pairs": 4,
+        "n_train": 20_000,
+        "n_test": 1_000,
+    },
+    "train": {
+        "steps": 1500,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "warmup_steps": 50,
+        "eval_every": 100,
+        "eval_sequences": 256,
+    },
 }
 SECTIONS = {"model": ModelConfig, "task": TaskConfig, "train": TrainConfig}
 
@@ -54,8 +66,10 @@ def settings(base: dict, varies: list[str]) -> list[dict]:
         key, _, values = vary.partition("=")
         section, _, name = key.partition(".")
         if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
-            raise SystemExit(f"--vary {vary!r}: expected SECTION.FIELD=v1,v2 with SECTION in "
-                             f"{sorted(SECTIONS)} and FIELD a field of its config class")
+            raise SystemExit(
+                f"--vary {vary!r}: expected SECTION.FIELD=v1,v2 with SECTION in "
+                f"{sorted(SECTIONS)} and FIELD a field of its config class"
+            )
         axes.append([(section, name, parse_value(v)) for v in values.split(",")])
     runs = []
     for combination in itertools.product(*axes):
@@ -63,8 +77,9 @@ def settings(base: dict, varies: list[str]) -> list[dict]:
         for section, name, value in combination:
             setting[section][name] = value
         if "vocab_size" in setting["task"]:  # the model reads the task's tokens
-            setting["model"]["vocab_size"] = max(setting["model"].get("vocab_size", 0),
-                                                 setting["task"]["vocab_size"])
+            setting["model"]["vocab_size"] = max(
+                setting["model"].get("vocab_size", 0), setting["task"]["vocab_size"]
+            )
         runs.append(setting)
     return runs
 
@@ -83,15 +98,28 @@ def run_one(args: tuple[str, dict]) -> dict:
     model, task, config = (SECTIONS[s](**setting[s]) for s in ("model", "task", "train"))
     result = train(model, task, config)
     curve = result.curves
+
     def first(threshold: float):
-        return next((s + 1 for s, a in zip(curve.eval_step, curve.eval_accuracy, strict=True)
-                     if a >= threshold), None)
+        return next(
+            (
+                s + 1
+                for s, a in zip(curve.eval_step, curve.eval_accuracy, strict=True)
+                if a >= threshold
+            ),
+            None,
+        )
+
     return {
-        "run": name, "setting": json.dumps(setting, sort_keys=True),
-        "test_accuracy": result.test_accuracy, "step_0.5": first(0.5), "step_0.9": first(0.9),
+        "run": name,
+        "setting": json.dumps(setting, sort_keys=True),
+        "test_accuracy": result.test_accuracy,
+        "step_0.5": first(0.5),
+        "step_0.9": first(0.9),
         "seconds": round(result.seconds, 1),
-        "curve": [(s + 1, (s + 1) * config.batch_size, a)
-                  for s, a in zip(curve.eval_step, curve.eval_accuracy, strict=True)],
+        "curve": [
+            (s + 1, (s + 1) * config.batch_size, a)
+            for s, a in zip(curve.eval_step, curve.eval_accuracy, strict=True)
+        ],
     }
 
 
@@ -114,12 +142,16 @@ def main() -> None:
         csv.DictWriter(f, columns).writeheader()
     with ProcessPoolExecutor(args.workers) as pool:  # each run's rows appended as it ends
         for row in pool.map(run_one, runs):
-            print(f"{row['run']:<40} acc {row['test_accuracy']:.3f}  0.5@{row['step_0.5']}  "
-                  f"0.9@{row['step_0.9']}  {row['seconds']} s", flush=True)
+            print(
+                f"{row['run']:<40} acc {row['test_accuracy']:.3f}  0.5@{row['step_0.5']}  "
+                f"0.9@{row['step_0.9']}  {row['seconds']} s",
+                flush=True,
+            )
             with open(curves_path, "a", newline="") as f:
                 csv.writer(f).writerows((row["run"], *point) for point in row["curve"])
             with open(runs_path, "a", newline="") as f:
                 csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
+
 
 if __name__ == "__main__":
     main()
