@@ -97,7 +97,8 @@ def _inputs(task: dict, length: int):
     device = task.get("device", "cpu")
     if task["case"] == "attention":
         return random_attention(task["heads"], length).to(device), None, None, None
-    A, B, C = random_ssm(task.get("channels", 1), length, task.get("n", 16))
+    n = {"ssm16": 16, "ssm64": 64}.get(task["method"], task.get("n", 16))  # naive, dense: 16
+    A, B, C = random_ssm(task.get("channels", 1), length, n)
     T = (
         materialise_diagonal(A, B, C).to(device)
         if task["method"] in ("naive64", "naive32", "dense")
