@@ -89,9 +89,21 @@ def check_references(config):
             )
 
 
+def check_e6_hierarchy(config):
+    """e6.hierarchy names models that E6 traces (its test compares their drops)."""
+    traced = config["e6"]["models"] or list(config["models"])
+    for name in config["e6"]["hierarchy"]:
+        if name not in traced:
+            raise ValueError(
+                f"config key e6.hierarchy names {name!r}, which e6.models does not trace "
+                f"({', '.join(traced)})"
+            )
+
+
 check_model_sources(config)
 validate(config, SCHEMA)
 check_references(config)
+check_e6_hierarchy(config)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).
@@ -237,14 +249,15 @@ def e6_sequences():
     ]
 
 
-def recall_path(model, seed):
-    return f"results/recall/{model}/seed{seed}.json"
+def recall_path(model):
+    """Bigram recall of `model` over e6.recall.orders sequences scored together."""
+    return f"results/recall/{model}.json"
 
 
 def e6_recall_tables():
     if not config["e6"]["recall"]["enabled"]:
         return []
-    return [recall_path(model, seed) for model in e6_models() for seed in e6_seeds()]
+    return [recall_path(model) for model in e6_models()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,8 +498,15 @@ def synthetic_task_splits():
 
 
 # Final products of each experiment: figures (PNG + PDF) and tables (CSV + Markdown + LaTeX).
-FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]}
-TABLES = {"e6": ["e6_delimiter_drop"]}
+FIGURES = {
+    "e6": [
+        "e6_delimiter_traces",
+        "e6_boundary_profile",
+        "e6_drop_by_layer",
+        "e6_drop_vs_recall",
+    ]
+}
+TABLES = {"e6": ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]}
 SYNTHETIC_FIGURES = {
     "e1": ["e1_accuracy_vs_ess"],
     "e2": ["e2_state_utilisation"],
@@ -579,6 +599,8 @@ def e6_settings():
         "before": e6["drop"]["before"],
         "after": e6["drop"]["after"],
         "boundary_margin": e6["drop"]["boundary_margin"],
+        "offsets": e6["profile"]["offsets"],
+        "recall_orders": e6["recall"]["orders"],
         "n_boot": config["stats"]["n_boot"],
         "confidence": config["stats"]["confidence"],
         "dtype": {model: model_config(model)["dtype"] for model in e6_models()},
