@@ -229,6 +229,15 @@ def ess_path(model, task, seed, part):
     return f"results/ess/{model}/{task}/seed{seed}/part{part}.parquet"
 
 
+def seed_paths(path_of, *args):
+    """`path_of(*args, seed)` for every E6 seed (args keep their wildcards)."""
+    return [path_of(*args, seed) for seed in e6_seeds()]
+
+
+def ess_path_of_part(model, task, part, seed):
+    return ess_path(model, task, seed, part)
+
+
 def e6_ess_tables():
     """Every ESS table of E6: models x tasks x seeds x layer parts."""
     return [

@@ -6,15 +6,6 @@
 # to start and load the model, a sequence costs less than that.
 
 
-def seed_paths(path_of, *args):
-    """`path_of(*args, seed)` for every E6 seed (args keep their wildcards)."""
-    return [path_of(*args, seed) for seed in e6_seeds()]
-
-
-def ess_path_of_part(model, task, part, seed):
-    return ess_path(model, task, seed, part)
-
-
 rule capture_operators:
     input:
         model=hf_dir("{model}"),
