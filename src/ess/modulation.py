@@ -389,9 +389,10 @@ def design_text(
         f"vs {control} {group['mde'].min():.2f}-{group['mde'].max():.2f}"
         for control, group in rows.groupby("control")
     ]
+    label = {"ess_tolerance": "tolerance-ESS", "ess_entropy": "entropy-ESS"}.get(metric, metric)
     return (
         f"Design: {rows['n'].min()}-{rows['n'].max()} interior boundaries per model and "
         f"delimiter (seeds pooled); minimum detectable {measure.replace('_', ' ')} "
-        f"({metric.replace('_', '-')}, mean over layers; 80% power at the CI's confidence) "
+        f"({label}, mean over layers; 80% power at the CI's confidence) "
         f"{'; '.join(parts)} state dimensions across models and delimiters."
     )

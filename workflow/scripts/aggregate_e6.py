@@ -90,7 +90,8 @@ profiles = modulation.boundary_profiles(
 profile = modulation.summarise_profiles(profiles, **stats)
 
 # --- the hierarchy: each delimiter, and all pooled, against the first control ------------------
-hierarchy = modulation.hierarchy_table(boundaries, p.hierarchy, p.controls[0], **stats)
+main_metrics = boundaries[boundaries["metric"].isin(METRICS)]  # every tau: e6_drop_by_tau
+hierarchy = modulation.hierarchy_table(main_metrics, p.hierarchy, p.controls[0], **stats)
 
 out = smk.output
 for frame, paths in (
