@@ -200,7 +200,7 @@ def boundary_profiles(
     """
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "group"])))
     reach = int(max(abs(o) for o in offsets))
-    rows = []
+    rows = [pd.DataFrame(columns=["boundary", "offset", "split", "value"])]
     for (model, delimiter, seed), sequence in sequences.items():
         conditions = {"delimited": (delimiter, sequence)}
         conditions |= {c: (c, sequence.controls[c]) for c in controls}
@@ -233,7 +233,8 @@ def summarise_profiles(
         dict(zip(keys, key, strict=True)) | summarise(group["value"], n_boot, confidence, seed)
         for key, group in profiles.groupby(keys)
     ]
-    return pd.DataFrame(rows)
+    columns = [*keys, "n", "mean", "lo", "hi", "mde", "significant"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
