@@ -168,6 +168,15 @@ def test_snakemake_names_an_unknown_model_in_e6_models(tmp_path):
     assert "e6.models" in run.stderr + run.stdout
 
 
+def test_snakemake_names_a_hierarchy_model_that_e6_does_not_trace(tmp_path):
+    config = load(DEFAULT)
+    config["e6"]["hierarchy"] = ["jargon_sa", "gemma3", "jargon_rwkv"]
+    run = snakemake_dry_run(tmp_path, config)
+    assert run.returncode != 0
+    assert "e6.hierarchy names 'jargon_rwkv'" in run.stderr + run.stdout
+    assert "Job stats" not in run.stdout
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

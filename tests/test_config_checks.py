@@ -68,7 +68,7 @@ BAD_CONFIGS = [
     (
         "mqar_kv_vs_seq_len",
         kv_difficulty("kv20", num_kv_pairs=20, vocab_size=128),
-        [f"{MQAR}.kv20", "seq_len=64 too short", "seq_len >= 80"],
+        [f"{MQAR}.kv20", "seq_len=32 too short", "seq_len >= 80"],
     ),
     ("mqar_odd_seq_len", kv_difficulty("odd", seq_len=63), [f"{MQAR}.odd", "even seq_len"]),
     ("mqar_odd_vocab", kv_difficulty("odd", vocab_size=65), [f"{MQAR}.odd", "even vocab_size"]),
@@ -146,9 +146,9 @@ BAD_CONFIGS = [
         ["e6.drop.boundary_margin = 300", "= 632"],
     ),
     (
-        "e6_window_below_stride",
-        setter("ess.position_stride", 20),
-        ["e6.drop.before = 16", "ess.position_stride = 20", ">= 20"],
+        "e6_window_without_a_traced_offset",
+        setter("e6.profile.offsets", [-32, 0, 32]),
+        ["e6.drop.before = 8", "holds none of e6.profile.offsets [-32, 0, 32]"],
     ),
     (
         "e6_recall_distance",

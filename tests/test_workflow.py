@@ -21,8 +21,8 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # papermill, the python3 kernel
 }
-FIGURES = ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]
-TABLES = ["e6_delimiter_drop"]
+FIGURES = ["e6_delimiter_traces", "e6_boundary_profile", "e6_drop_by_layer", "e6_drop_vs_recall"]
+TABLES = ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -65,21 +65,25 @@ def job_counts(output: str) -> dict[str, int]:
 def test_default_dag_has_the_expected_jobs(tmp_path):
     run = dry_run(tmp_path, "all")
     assert run.returncode == 0, run.stderr + run.stdout
-    # 6 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA and S6 LMs trained here) x
-    # (3 delimiters + 2 controls) x 1 seed, all of a model's layers in one extract job each
+    # 7 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA, WLA and S6 LMs trained here) x
+    # (3 delimiters + 2 controls); one job covers every seed of a model and task, and all of a
+    # model's layers (one extract job each)
     assert job_counts(run.stdout) == {
         "fetch_model": 2,
         "convert_model": 2,
-        "train_language_model": 4,
-        "make_sequence": 18,
-        "capture_operators": 30,
-        "extract": 30,
-        "bigram_recall": 6,
+        "train_language_model": 5,
+        "make_sequence": 21,
+        "capture_operators": 35,
+        "extract": 35,
+        "bigram_recall": 7,
         "aggregate": 1,
         "e6_delimiter_traces": 1,
+        "e6_boundary_profile": 1,
         "e6_drop_by_layer": 1,
         "e6_delimiter_drop": 1,
         "e6_drop_vs_recall": 1,
+        "e6_hierarchy": 1,
+        "e6_drop_by_tau": 1,
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct runs
         "make_task_split": 4,
         "train": 30,
@@ -91,17 +95,18 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
     }
 
 
-def test_paper_dag_has_one_extract_job_per_model_task_seed_and_layer(tmp_path):
-    """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU)."""
+def test_paper_dag_has_one_extract_job_per_model_task_and_layer(tmp_path):
+    """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU); one job covers
+    every seed."""
     run = dry_run(tmp_path, "all", "--configfile", str(tmp_path / "config" / "paper.yaml"))
     assert run.returncode == 0, run.stderr + run.stdout
     counts = job_counts(run.stdout)
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     layers = sum(paper["models"][m]["n_layers"] for m in paper["e6"]["models"])
-    tasks, seeds = 3 + 2, len(paper["e6"]["seeds"])
+    tasks = 3 + 2
     assert counts["fetch_model"] == len(paper["e6"]["models"])
-    assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks * seeds
-    assert counts["extract"] == layers * tasks * seeds
+    assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks
+    assert counts["extract"] == layers * tasks
 
 
 def test_snakemake_lint_is_clean():
@@ -144,6 +149,7 @@ SMALL_CONFIG = {
         "controls": ["removed"],
         "n_tokens": 256,
         "drop": {"before": 8, "after": 8, "boundary_margin": 8},
+        "profile": {"offsets": [-8, -4, -1, 0, 1, 4, 8]},
         "passages": {"max_chars": 400},
     },
     "stats": {"n_boot": 100},

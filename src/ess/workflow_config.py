@@ -108,8 +108,15 @@ def check_e6(config: dict) -> None:
             f"config key e6.recall.task is {e6['recall']['task']!r}; it must be one of "
             f"e6.delimiters or e6.controls ({', '.join(tasks)})"
         )
+    traced = e6["models"] or list(config["models"])
+    for name in e6["hierarchy"]:
+        if name not in traced:
+            raise ValueError(
+                f"config key e6.hierarchy names {name!r}, which e6.models does not trace "
+                f"(allowed: {', '.join(traced)})"
+            )
     check_passages(e6["passages"])
-    check_drop_windows(e6, config["ess"]["position_stride"])
+    check_drop_windows(e6)
     n_tokens, min_distance = e6["n_tokens"], e6["recall"]["min_distance"]
     if e6["recall"]["enabled"] and min_distance >= n_tokens:
         raise ValueError(
@@ -131,13 +138,12 @@ def check_passages(passages: dict) -> None:
             ) from None
 
 
-def check_drop_windows(e6: dict, position_stride: int) -> None:
+def check_drop_windows(e6: dict) -> None:
     """The windows of ess.delimiters.delimiter_drop must fit the sequence and hold a split.
 
     A boundary is interior (not near_end) when its `before` splits start at least
     max(boundary_margin, 1) splits after the start and its `after` splits end as far before the
-    end, so an interior boundary needs n_tokens >= before + after + 2 max(boundary_margin, 1);
-    with split stride s, a window of w consecutive splits holds a traced split only if w >= s.
+    end, so an interior boundary needs n_tokens >= before + after + 2 max(boundary_margin, 1).
     """
     drop, n_tokens = e6["drop"], e6["n_tokens"]
     before, after, margin = drop["before"], drop["after"], drop["boundary_margin"]
@@ -149,12 +155,16 @@ def check_drop_windows(e6: dict, position_stride: int) -> None:
             f"{margin}: allowed n_tokens >= before + after + 2 * max(boundary_margin, 1) = "
             f"{need}, or smaller windows"
         )
-    for key in ("before", "after"):
-        if drop[key] < position_stride:
+    # ESS is traced at e6.profile.offsets from every boundary (negative: in the passage before
+    # it) and on a coarse stride; each window must hold at least one traced offset.
+    offsets = e6["profile"]["offsets"]
+    windows = {"before": range(-before, 0), "after": range(1, after + 1)}
+    for key, window in windows.items():
+        if not any(offset in window for offset in offsets):
             raise ValueError(
-                f"config key e6.drop.{key} = {drop[key]} is smaller than ess.position_stride = "
-                f"{position_stride}: the window would hold no traced split; allowed "
-                f">= {position_stride}"
+                f"config key e6.drop.{key} = {drop[key]}: its window ({window.start} .. "
+                f"{window.stop - 1} tokens from the delimiter) holds none of e6.profile.offsets "
+                f"{offsets}, so no split in it is traced; allowed: a window that holds one"
             )
 
 

@@ -171,6 +171,15 @@ def ess_path(model, task, seed, part):
     return f"results/ess/{model}/{task}/seed{seed}/part{part}.parquet"
 
 
+def seed_paths(path_of, *args):
+    """`path_of(*args, seed)` for every E6 seed (args keep their wildcards)."""
+    return [path_of(*args, seed) for seed in e6_seeds()]
+
+
+def ess_path_of_part(model, task, part, seed):
+    return ess_path(model, task, seed, part)
+
+
 def e6_ess_tables():
     """Every ESS table of E6: models x tasks x seeds x layer parts."""
     return [
@@ -191,14 +200,15 @@ def e6_sequences():
     ]
 
 
-def recall_path(model, seed):
-    return f"results/recall/{model}/seed{seed}.json"
+def recall_path(model):
+    """Bigram recall of `model` over e6.recall.orders sequences scored together."""
+    return f"results/recall/{model}.json"
 
 
 def e6_recall_tables():
     if not config["e6"]["recall"]["enabled"]:
         return []
-    return [recall_path(model, seed) for model in e6_models() for seed in e6_seeds()]
+    return [recall_path(model) for model in e6_models()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,8 +449,15 @@ def synthetic_task_splits():
 
 
 # Final products of each experiment: figures (PNG + PDF) and tables (CSV + Markdown + LaTeX).
-FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]}
-TABLES = {"e6": ["e6_delimiter_drop"]}
+FIGURES = {
+    "e6": [
+        "e6_delimiter_traces",
+        "e6_boundary_profile",
+        "e6_drop_by_layer",
+        "e6_drop_vs_recall",
+    ]
+}
+TABLES = {"e6": ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]}
 SYNTHETIC_FIGURES = {
     "e1": ["e1_accuracy_vs_ess"],
     "e2": ["e2_state_utilisation"],
@@ -533,6 +550,8 @@ def e6_settings():
         "before": e6["drop"]["before"],
         "after": e6["drop"]["after"],
         "boundary_margin": e6["drop"]["boundary_margin"],
+        "offsets": e6["profile"]["offsets"],
+        "recall_orders": e6["recall"]["orders"],
         "n_boot": config["stats"]["n_boot"],
         "confidence": config["stats"]["confidence"],
         "dtype": {model: model_config(model)["dtype"] for model in e6_models()},
