@@ -128,22 +128,22 @@ BAD_CONFIGS = [
     (
         "e6_n_tokens_below_windows",
         setter("e6.n_tokens", 8),
-        ["e6.n_tokens = 8", "e6.drop.before = 16", ">= before + after", "= 96"],
+        ["e6.n_tokens = 8", "e6.drop.before = 8", ">= before + after", "= 80"],
     ),
     (
         "e6_before_longer_than_sequence",
         setter("e6.drop.before", 600),
-        ["e6.n_tokens = 512", "e6.drop.before = 600", "= 680"],
+        ["e6.n_tokens = 512", "e6.drop.before = 600", "= 672"],
     ),
     (
         "e6_after_longer_than_sequence",
         setter("e6.drop.after", 500),
-        ["e6.drop.after = 500", "= 580"],
+        ["e6.drop.after = 500", "= 572"],
     ),
     (
         "e6_margin_too_wide",
         setter("e6.drop.boundary_margin", 300),
-        ["e6.drop.boundary_margin = 300", "= 632"],
+        ["e6.drop.boundary_margin = 300", "= 616"],
     ),
     (
         "e6_window_without_a_traced_offset",
@@ -158,7 +158,7 @@ BAD_CONFIGS = [
     (
         "e6_passages_min_above_max",
         setter("e6.passages.min_chars", 700),
-        ["e6.passages", "'min_chars': 700", "max_chars (600) must be >= min_chars (700)"],
+        ["e6.passages", "'min_chars': 700", "max_chars (200) must be >= min_chars (700)"],
     ),
     (
         "e6_passages_none_left",
@@ -207,7 +207,7 @@ BAD_CONFIGS = [
     (
         "trained_lm_warmup_above_steps",
         setter("models.jargon_la.train.warmup_steps", 500),
-        ["models.jargon_la.train", "warmup_steps must be in [0, steps=250], got 500"],
+        ["models.jargon_la.train", "warmup_steps must be in [0, steps=100], got 500"],
     ),
     (
         "trained_lm_heads_mismatch",
