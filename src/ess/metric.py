@@ -206,7 +206,7 @@ def effective_state_size_naive(
 # ---------------------------------------------------------------------------------------------
 # Dense path: Gram matrices of the smaller side, updated position by position
 #
-# Two routes share the sweep over positions (docs/method.md, the dense path):
+# Two routes share the sweep over positions (docs/method.md §3.3, §3.4):
 #   spectra: every eigenvalue of G_i = H_i^T H_i (LAPACK dsyevd: a tridiagonal reduction,
 #            4n^3/3 flops, half of them matrix-vector, then dsterf): both metrics, the spectrum;
 #   counts:  tolerance-ESS only. By Sylvester's law of inertia #{lambda(G_i) > theta} is the
