@@ -75,6 +75,14 @@ def _own_threads() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """Our own threads, with torch single-threaded in each: torch.set_num_threads in the caller
+    does not reach a new thread (OpenMP's thread count is per thread), whose torch operations
+    then ran on a team of every core, spin-waiting: the dense path's Gram updates 3-5x slower
+    and a whole attention benchmark 20% (measured here)."""
+    return ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))
+
+
 # ---------------------------------------------------------------------------------------------
 # The two metrics, from singular values
 
@@ -198,7 +206,7 @@ def effective_state_size_naive(
 # ---------------------------------------------------------------------------------------------
 # Dense path: Gram matrices of the smaller side, updated position by position
 #
-# Two routes share the sweep over positions (docs/method.md, the dense path):
+# Two routes share the sweep over positions (docs/method.md §3.3, §3.4):
 #   spectra: every eigenvalue of G_i = H_i^T H_i (LAPACK dsyevd: a tridiagonal reduction,
 #            4n^3/3 flops, half of them matrix-vector, then dsterf): both metrics, the spectrum;
 #   counts:  tolerance-ESS only. By Sylvester's law of inertia #{lambda(G_i) > theta} is the
@@ -379,7 +387,7 @@ def _dense_sweeps(T: Tensor, split: Tensor, make_measure) -> list[Tensor]:
             for i, gram in _column_grams(operator, splits):
                 values[to_position(i)] = measure(gram)
 
-    with _own_threads() as threads, ThreadPoolExecutor(max_workers=min(2, threads)) as pool:
+    with _own_threads() as threads, _worker_pool(min(2, threads)) as pool:
         jobs = [
             pool.submit(sweep, T, left, lambda i: i),
             pool.submit(sweep, _antitranspose(T), right, lambda i: length - i),
@@ -582,7 +590,7 @@ def effective_state_size_ssm(
             1, min(SSM_FACTOR_BUDGET_BYTES // (workers * per_channel), -(-B.shape[0] // workers))
         )
         bounds = [(lo, lo + chunk) for lo in range(0, B.shape[0], chunk)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with _worker_pool(workers) as pool:
             spectra = pool.map(
                 lambda lh: _realisation_spectra(
                     A[lh[0] : lh[1]], B[lh[0] : lh[1]], C[lh[0] : lh[1]], split, diagonal
