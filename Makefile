@@ -8,7 +8,7 @@ CORES ?= all
 # Rules call tools of the venv (papermill) by name, as they would in an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install reproduce test lint benchmark clean
+.PHONY: install reproduce report status test lint benchmark clean
 
 $(BIN)/ess: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,21 @@ $(BIN)/ess: pyproject.toml
 
 install: $(BIN)/ess
 
-# Every figure and table of the embedded default (config/config.yaml).
+# Every figure and table of the embedded default (config/config.yaml). After an interruption,
+# run it again: it resumes (profiles/default sets rerun-incomplete).
 reproduce: install
 	$(BIN)/snakemake --cores $(CORES) all
+
+# The HTML report of a finished run: every figure and table of `all` with its caption, the
+# rule graph, runtimes and package versions, in one file (open it in a browser). WORKDIR is
+# the workflow's working directory (the one holding results/).
+WORKDIR ?= .
+report: install
+	$(BIN)/snakemake --directory $(WORKDIR) --report results/report.html all
+
+# What a run has done and has left to do, and the last log line of each job in progress.
+status: install
+	$(BIN)/ess status $(WORKDIR)
 
 lint: install
 	$(BIN)/ruff check .

@@ -173,3 +173,47 @@ def test_a_generic_causal_operator_reaches_the_bound_min_i_l_minus_i():
     # a random lower-triangular T has full-rank H_i: ESS is exactly the tent min(i, L - i)
     T = _randn(torch.Generator().manual_seed(7), 3, L, L).tril()
     _assert_tolerance_ess(ops.Operator(T, None, torch.arange(1, L)), _tent(L), tol=1e-3)
+
+
+def test_an_operator_that_resets_at_r_has_ess_r_minus_i_ahead_of_it():
+    """The look-ahead bound (ess.delimiters.reset_bound, docs/method.md E6): if no output at or
+    after r reads an input before r, H_i = T[i:, :i] (i < r) has non-zero rows i..r-1 only, so
+    ESS_i <= r - i: ESS falls linearly towards a full reset BEFORE it happens. A generic
+    operator otherwise reaches every bound: ESS_i = min(i, r - i) ahead of r, min(i - r, L - i)
+    after it; and one rank-1 term reaching across r adds exactly 1 ahead of it."""
+    from ess.delimiters import reset_bound
+
+    length, r = 48, 30
+    g = torch.Generator().manual_seed(7)
+    T = _randn(g, length, length).tril()
+    T[r:, :r] = 0.0  # the reset: nothing before r reaches an output at or after r
+    i = torch.arange(1, length)
+    ahead = torch.from_numpy(reset_bound(i.numpy(), r))
+    expected = torch.where(i <= r, torch.minimum(i, ahead), torch.minimum(i - r, length - i))
+    result = effective_state_size(T, tol=RANK_TOL)
+    assert torch.equal(result.tolerance, expected)
+    near = (i >= r // 2) & (i <= r)  # r - i <= i: the distance to the reset is the binding bound
+    assert torch.equal(result.tolerance[near], ahead[near])
+
+    crossing = T.clone()
+    crossing[r:, :r] = torch.outer(_randn(g, length - r), _randn(g, r))
+    crossed = effective_state_size(crossing, tol=RANK_TOL).tolerance
+    inside = (i > r // 2) & (i < r)  # r - i + 1 <= i
+    assert torch.equal(crossed[inside], ahead[inside] + 1)
+
+
+def test_a_recurrence_whose_decay_is_zero_at_r_is_bounded_by_r_minus_i():
+    # x_r = 0 * x_{r-1} + B_r u_r: the state is wiped at r (a gate closing fully at a
+    # delimiter). Order N = 6: ESS_i = min(N, i, r - i) ahead of r, min(N, i - r, L - i) after.
+    length, r, n = 40, 25, 6
+    g = torch.Generator().manual_seed(3)
+    gates = 0.5 + 0.45 * torch.rand(2, length, n, generator=g, dtype=torch.float64)
+    gates[:, r] = 0.0
+    q, k = _randn(g, 2, length, n), _randn(g, 2, length, n)
+    i = torch.arange(1, length)
+    expected = torch.where(
+        i <= r,
+        torch.minimum(torch.minimum(i, r - i), torch.tensor(n)),
+        torch.minimum(torch.minimum(i - r, length - i), torch.tensor(n)),
+    )
+    _assert_tolerance_ess(ops.gated_linear_attention(q, k, gates), expected)

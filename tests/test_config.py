@@ -1,6 +1,7 @@
 """The config schema (workflow/schemas/config.schema.yaml) and the checks in common.smk:
 unknown keys, wrong types and malformed model sources fail before any job, naming the key;
-the shipped configs are valid."""
+the shipped configs are valid. Values that must fit each other (ess.workflow_config):
+tests/test_config_checks.py."""
 
 from __future__ import annotations
 
@@ -165,6 +166,15 @@ def test_snakemake_names_an_unknown_model_in_e6_models(tmp_path):
     run = snakemake_dry_run(tmp_path, config)
     assert run.returncode != 0
     assert "e6.models" in run.stderr + run.stdout
+
+
+def test_snakemake_names_a_hierarchy_model_that_e6_does_not_trace(tmp_path):
+    config = load(DEFAULT)
+    config["e6"]["hierarchy"] = ["jargon_sa", "gemma3", "jargon_rwkv"]
+    run = snakemake_dry_run(tmp_path, config)
+    assert run.returncode != 0
+    assert "e6.hierarchy names 'jargon_rwkv'" in run.stderr + run.stdout
+    assert "Job stats" not in run.stdout
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from transformers import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ess import effective_state_size, effective_state_size_naive, effective_state_size_ssm, hf
+from ess.metric import tolerance_ess
 
 LENGTH = 12
 VOCAB = 128
@@ -396,6 +397,23 @@ def test_layer_ess_takes_the_path_of_the_mixer_and_matches_the_naive_definition(
     assert torch.equal(result.tolerance, naive.tolerance)
     expected_tss = np.asarray(result.positions) if op.kind == "attention" else 8
     np.testing.assert_array_equal(state_size, np.broadcast_to(expected_tss, state_size.shape))
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba"])
+def test_layer_ess_at_chosen_positions_and_other_taus_from_the_kept_spectrum(family):
+    """E6 evaluates ESS only around boundaries: `positions` picks the splits, and the kept
+    singular values give tolerance-ESS at any other tau equal to a run at that tau."""
+    configs = {**ATTENTION_CONFIGS, **SSM_CONFIGS}
+    op = hf.capture_operators(tiny_model(configs[family]()), token_ids())[0]
+    chosen = [1, 2, 7, LENGTH - 1]
+    result, state_size = hf.layer_ess(op, channels=slice(0, 2), positions=chosen, spectrum=True)
+    T = hf.layer_operator_matrix(op, channels=slice(0, 2)).double()
+    naive = effective_state_size_naive(T, positions=chosen)
+    assert result.positions.tolist() == chosen and len(state_size) == len(chosen)
+    assert torch.equal(result.tolerance, naive.tolerance)
+    for tau in (1e-1, 1e-6):
+        other, _ = hf.layer_ess(op, channels=slice(0, 2), tol=tau, positions=chosen)
+        assert torch.equal(tolerance_ess(result.spectrum, tau), other.tolerance)
 
 
 # ---------------------------------------------------------------------------------------------

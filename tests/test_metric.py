@@ -70,13 +70,13 @@ def test_dense_path_equals_definition_on_attention(seed, window):
 def test_dense_path_keeps_to_one_thread_when_given_one(monkeypatch):
     """A workflow job with threads: 1 must not run its two sweeps on two threads."""
     sweep_threads = set()
-    column_gram_spectra = metric._column_gram_spectra
+    column_grams = metric._column_grams
 
     def recording(T, splits):
         sweep_threads.add(threading.get_ident())
-        yield from column_gram_spectra(T, splits)
+        yield from column_grams(T, splits)
 
-    monkeypatch.setattr(metric, "_column_gram_spectra", recording)
+    monkeypatch.setattr(metric, "_column_grams", recording)
     T = random_attention(0, length=200)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -97,6 +97,98 @@ def test_dense_path_equals_definition_on_rank_deficient_operator(seed):
     ref = effective_state_size_naive(T)
     assert_same(effective_state_size(T), ref)
     assert ref.tolerance.max() == 3
+
+
+def retrieval_attention(heads=2, length=40, sharpness=8.0, seed=0):
+    """Heads whose every query attends to one random earlier token: H_i has many near-equal
+    singular values, so s_1^2 carries far less than half of |G|_F^2 and the count route cannot
+    certify s_1 (it falls back to the eigenvalues)."""
+    g = torch.Generator().manual_seed(seed)
+    i = torch.arange(length)
+    key = (torch.rand(heads, length, generator=g) * i).long()  # uniform in 0 .. t-1
+    scores = torch.randn(heads, length, length, generator=g, dtype=torch.float64)
+    scores.scatter_add_(-1, key[..., None], torch.full((heads, length, 1), sharpness).double())
+    return scores.masked_fill(i[:, None] < i[None, :], -math.inf).softmax(-1)
+
+
+def count_route_cases():
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 2, 50, 3, generator=g, dtype=torch.float64)
+    A, B, C = random_realisation(4, length=30)
+    return {
+        "attention": random_attention(0),
+        "sliding-window attention": random_attention(1, window=7),
+        "rank-deficient linear attention": torch.tril(q @ k.mT),
+        "SSM": materialise(A, B, C),
+        "retrieval attention": retrieval_attention(),
+        "zero": torch.zeros(2, 12, 12),
+        "a zero head beside a softmax one": torch.stack(
+            [random_attention(2, heads=1)[0], torch.zeros(40, 40, dtype=torch.float64)]
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", count_route_cases())
+@pytest.mark.parametrize("relative, tol", [(True, 1e-3), (True, 0.1), (True, 1e-12), (False, 0.01)])
+def test_count_route_equals_definition(case, relative, tol):
+    """entropy=False counts eigenvalues of G_i by an LDL^T instead of computing them."""
+    T = count_route_cases()[case]
+    ref = effective_state_size_naive(T, tol=tol, relative=relative)
+    r = effective_state_size(T, tol=tol, relative=relative, entropy=False)
+    assert r.entropy is None and r.spectrum is None
+    assert torch.equal(r.positions, ref.positions)
+    assert torch.equal(r.tolerance, ref.tolerance)
+    spectra = effective_state_size(T, tol=tol, relative=relative, positions=[3, 9])
+    counts = effective_state_size(T, tol=tol, relative=relative, positions=[3, 9], entropy=False)
+    assert torch.equal(counts.tolerance, spectra.tolerance)
+
+
+def test_count_route_certifies_s1_where_it_dominates_and_falls_back_where_not(monkeypatch):
+    """Random softmax heads: s_1 certified by the power iteration at every position; heads
+    that retrieve single tokens: s_1 not certifiable, the eigenvalues are computed."""
+    fallbacks = []
+    eigenvalues = metric._symmetric_eigenvalues
+
+    def recording(gram):
+        fallbacks.append(gram.shape[-1])
+        return eigenvalues(gram)
+
+    monkeypatch.setattr(metric, "_symmetric_eigenvalues", recording)
+    effective_state_size(random_attention(0, length=60), entropy=False)
+    assert fallbacks == []
+    T = retrieval_attention(length=60)
+    r = effective_state_size(T, entropy=False)
+    assert len(fallbacks) > 0
+    assert torch.equal(r.tolerance, effective_state_size_naive(T).tolerance)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_positive_pivots_count_positive_eigenvalues(seed):
+    """Sylvester's law of inertia on indefinite matrices whose LDL^T needs 2x2 pivots."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    A = (X + X.T).numpy()
+    A[range(40), range(40)] *= 1e-3  # a small diagonal: Bunch-Kaufman picks 2x2 blocks
+    expected = int((torch.linalg.eigvalsh(torch.from_numpy(A)) > 0).sum())
+    _, ipiv, _ = metric.scipy.linalg.lapack.dsytrf(A, lower=1)
+    assert (ipiv < 0).any()
+    assert metric._positive_pivots(A.copy()) == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_eigenvalue_bracket_holds(seed):
+    T = random_attention(seed, heads=4, length=60).numpy()
+    H = T[:, 30:, :30]
+    G = H.transpose(0, 2, 1) @ H
+    top = torch.linalg.eigvalsh(torch.from_numpy(G))[:, -1].numpy()
+    mu, certified, _ = metric._top_eigenvalue(G, metric.np.ones((4, 30)), rtol=1e-10)
+    assert certified.all()
+    assert (mu <= top * (1 + 1e-14)).all() and (top <= mu * (1 + 1e-10)).all()
+
+
+def test_spectrum_without_entropy_is_refused():
+    with pytest.raises(ValueError, match="spectrum=True needs every singular value"):
+        effective_state_size(torch.eye(4), spectrum=True, entropy=False)
 
 
 @pytest.mark.parametrize("diagonal", [True, False])

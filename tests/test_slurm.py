@@ -31,7 +31,7 @@ STATUS_WAIT_S = 5  # --slurm-init-seconds-before-status-checks (plugin default: 
 FAILED_STATES = {"FAILED", "OUT_OF_MEMORY", "CANCELLED"}  # how SLURM reports a killed job
 
 REAL_SNAKEFILE = ROOT / "Snakefile"
-REAL_RUN_TIMEOUT_S = 480  # the small real target: 183 s here (14 SLURM jobs on 2 CPUs)
+REAL_RUN_TIMEOUT_S = 900  # the small real target: 183 s alone, 407 s on a busy machine (2 CPUs)
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 # The GPU rules of the real workflow at a size this node can take. On the command line,
@@ -81,29 +81,32 @@ def slurm_cluster():
 def run_snakemake(
     workdir: Path,
     *args: str,
-    snakefile: Path = SNAKEFILE,
+    snakefile: Path | None = SNAKEFILE,
     timeout: int = RUN_TIMEOUT_S,
     env_extra: dict[str, str] | None = None,
 ) -> tuple[int, str, float]:
     """Run snakemake with the SLURM profile in `workdir`; return (exit code, log, seconds).
 
-    The log goes to workdir/snakemake.log as well, for a look after a failure.
+    snakefile None: the user's command in a checkout, `snakemake --profile slurm ...` run in
+    `workdir` (the profile and the Snakefile found there by name). The log goes to
+    workdir/snakemake.log as well, for a look after a failure.
     """
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}  # jobs inherit it
     env.update(env_extra or {})
+    if snakefile is None:
+        where = ["--profile", "slurm"]
+    else:
+        where = ["--profile", str(PROFILE), "--snakefile", str(snakefile), "-d", str(workdir)]
     cmd = [
-        sys.executable, "-m", "snakemake",
-        "--profile", str(PROFILE),
-        "--snakefile", str(snakefile),
-        "--directory", str(workdir),
+        sys.executable, "-m", "snakemake", *where,
         "--slurm-init-seconds-before-status-checks", str(STATUS_WAIT_S),
         *args,
     ]  # fmt: skip
     log_path = workdir / "snakemake.log"
     t0 = time.monotonic()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -138,6 +141,26 @@ def job_stats(log: str) -> dict[str, int]:
         for match in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)
         if match[1] != "total"
     }
+
+
+def fresh_checkout(dest: Path) -> Path:
+    """The repository's files as a fresh clone has them (tracked, and untracked ones git does
+    not ignore, so that uncommitted work is tested too; links stay links), in `dest`: no .venv,
+    no results/, nothing from the home directory."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source, target = ROOT / name, dest / name
+        if not source.is_symlink() and not source.exists():
+            continue  # deleted in the working tree
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, target)
+    return dest
 
 
 def producing_jobs(workdir: Path) -> dict[str, tuple[str, str]]:
@@ -262,21 +285,25 @@ def test_gpu_request_reaches_slurm(slurm_cluster, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_path):
-    """The real Snakefile's small target (tests/test_workflow.py SMALL_CONFIG: SmolLM2 from
-    PyPI, layers 0 and 29, one delimiter, one control, L=256) through profiles/slurm: every
-    non-local job is its own COMPLETED SLURM job, and each manifest names the job that wrote it."""
+    """The user's command, `snakemake --profile slurm all`, in a fresh checkout whose
+    config/config.yaml holds the small target (tests/test_workflow.py SMALL_CONFIG: SmolLM2
+    from PyPI, layers 0 and 29, one delimiter, one control, L=256): every non-local job is its
+    own COMPLETED SLURM job, and each manifest names the job that wrote it. Two options fit
+    the run to this node: a 5 s first status check and GPU rules at 1 CPU (see above)."""
     t0 = time.monotonic()
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    checkout = fresh_checkout(tmp_path / "ess")
+    (checkout / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
+    tmp_path = checkout  # the working directory: results/ and .snakemake/ go here
     rc, log, seconds = run_snakemake(
         tmp_path,
         "all",
         "--set-resources",
         *SMALL_SLURM_RESOURCES,
-        snakefile=REAL_SNAKEFILE,
+        snakefile=None,
         timeout=REAL_RUN_TIMEOUT_S,
         env_extra={"OMP_NUM_THREADS": "1"},  # one CPU per job (cpus_per_task = threads = 1)
     )
+    assert "Using profiles slurm and workflow specific profile profiles/default" in log, log[:2000]
     jobs = submitted_jobs(log)
     ids = [jobid for _, jobid in jobs]
     acct = sacct(ids) if ids else {}
@@ -358,6 +385,25 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "results/models/smollm2/fetched" in audit.stdout  # the chain reaches the weights
+
+
+@pytest.mark.parametrize("profile", ["slurm", "local"])
+def test_profile_names_resolve_in_a_fresh_checkout(profile, tmp_path):
+    """`snakemake --profile slurm -n all` (and local) in a fresh checkout, nothing in $HOME:
+    Snakemake looks for a profile name in the working directory (./slurm -> profiles/slurm)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs the `workflow` extra")
+    checkout = fresh_checkout(tmp_path / "ess")
+    home = tmp_path / "home"  # an empty home: no ~/.config/snakemake/<profile>
+    home.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", profile, "-n", "--quiet", "rules", "all"],
+        cwd=checkout, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")},
+    )  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert f"Using profiles {profile} and workflow specific profile profiles/default" in output
+    assert "Job stats:" in output
 
 
 def test_gpu_rule_names_in_slurm_profile_exist_in_workflow():

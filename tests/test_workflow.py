@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from report_browser import chromium, rendered_report, words
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -20,8 +21,8 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # papermill, the python3 kernel
 }
-FIGURES = ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]
-TABLES = ["e6_delimiter_drop"]
+FIGURES = ["e6_delimiter_traces", "e6_boundary_profile", "e6_drop_by_layer", "e6_drop_vs_recall"]
+TABLES = ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -64,21 +65,25 @@ def job_counts(output: str) -> dict[str, int]:
 def test_default_dag_has_the_expected_jobs(tmp_path):
     run = dry_run(tmp_path, "all")
     assert run.returncode == 0, run.stderr + run.stdout
-    # 6 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA and S6 LMs trained here) x
-    # (3 delimiters + 2 controls) x 1 seed, all of a model's layers in one extract job each
+    # 7 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA, WLA and S6 LMs trained here) x
+    # (3 delimiters + 2 controls); one job covers every seed of a model and task, and all of a
+    # model's layers (one extract job each)
     assert job_counts(run.stdout) == {
         "fetch_model": 2,
         "convert_model": 2,
-        "train_language_model": 4,
-        "make_sequence": 18,
-        "capture_operators": 30,
-        "extract": 30,
-        "bigram_recall": 6,
+        "train_language_model": 5,
+        "make_sequence": 21,
+        "capture_operators": 35,
+        "extract": 35,
+        "bigram_recall": 7,
         "aggregate": 1,
         "e6_delimiter_traces": 1,
+        "e6_boundary_profile": 1,
         "e6_drop_by_layer": 1,
         "e6_delimiter_drop": 1,
         "e6_drop_vs_recall": 1,
+        "e6_hierarchy": 1,
+        "e6_drop_by_tau": 1,
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct runs
         "make_task_split": 4,
         "train": 30,
@@ -90,17 +95,18 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
     }
 
 
-def test_paper_dag_has_one_extract_job_per_model_task_seed_and_layer(tmp_path):
-    """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU)."""
+def test_paper_dag_has_one_extract_job_per_model_task_and_layer(tmp_path):
+    """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU); one job covers
+    every seed."""
     run = dry_run(tmp_path, "all", "--configfile", str(tmp_path / "config" / "paper.yaml"))
     assert run.returncode == 0, run.stderr + run.stdout
     counts = job_counts(run.stdout)
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     layers = sum(paper["models"][m]["n_layers"] for m in paper["e6"]["models"])
-    tasks, seeds = 3 + 2, len(paper["e6"]["seeds"])
+    tasks = 3 + 2
     assert counts["fetch_model"] == len(paper["e6"]["models"])
-    assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks * seeds
-    assert counts["extract"] == layers * tasks * seeds
+    assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks
+    assert counts["extract"] == layers * tasks
 
 
 def test_snakemake_lint_is_clean():
@@ -143,6 +149,7 @@ SMALL_CONFIG = {
         "controls": ["removed"],
         "n_tokens": 256,
         "drop": {"before": 8, "after": 8, "boundary_margin": 8},
+        "profile": {"offsets": [-8, -4, -1, 0, 1, 4, 8]},
         "passages": {"max_chars": 400},
     },
     "stats": {"n_boot": 100},
@@ -216,16 +223,64 @@ def audit(workdir, result="results/figures/e6_delimiter_traces.pdf"):
     )
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The workflow's small real target, run once for the tests below: download SmolLM2 (the
+    default source), two layers, one delimiter and one control; and every synthetic experiment
+    on a grid that trains in seconds. Returns its working directory."""
+    workdir = tmp_path_factory.mktemp("small_run")
+    (workdir / "config").mkdir()
+    config = {**SMALL_CONFIG, "synthetic": SMALL_SYNTHETIC}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-c2", "all", timeout=1800)
+    assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
+    return workdir
+
+
+def report_caption(name: str, kind: str) -> str:
+    """The start of a result's caption as workflow/report/*.rst writes it: up to its first
+    config value, with the result's own name filled in and reST's backticks dropped."""
+    own = ROOT / "workflow" / "report" / f"{name}.rst"
+    source = own if own.is_file() else ROOT / "workflow" / "report" / f"synthetic_{kind}.rst"
+    text = source.read_text().replace("{{ snakemake.wildcards.name }}", name)
+    return " ".join(text.split("{{", 1)[0].replace("`", "").split())
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_end_to_end_small_run_and_audit(tmp_path):
-    """Download SmolLM2 (the default source): two layers, one delimiter and one control; and
-    every synthetic experiment on a grid that trains in seconds. Then audit, rerun, report."""
-    (tmp_path / "config").mkdir()
-    config = {**SMALL_CONFIG, "synthetic": SMALL_SYNTHETIC}
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-c2", "all", timeout=1800)
-    assert run.returncode == 0, run.stderr[-5000:] + run.stdout[-5000:]
+def test_report_lists_every_figure_and_table_with_its_caption(small_run, tmp_path):
+    """`make report` on the small run, opened in headless Chromium: each figure and table of
+    `all` is listed in its category, and opening it shows its caption."""
+    if chromium() is None:
+        pytest.skip("needs Debian's `chromium` package (.ci/run installs it)")
+    made = subprocess.run(
+        ["make", "-C", str(ROOT), "report", f"WORKDIR={small_run}"],
+        capture_output=True, text=True, timeout=600, env=ENV,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    report = small_run / "results" / "report.html"
+    seen = rendered_report(report, tmp_path)
+    expected = [(f"results/figures/{name}.png", name, "figure") for name in FIGURES]
+    expected += [(f"results/figures/{n}.png", n, "figure") for n in SYNTHETIC_FIGURES]
+    expected += [(f"results/tables/{name}.csv", name, "table") for name in TABLES]
+    expected += [(f"results/tables/{n}.csv", n, "table") for n in SYNTHETIC_TABLES]
+    print(f"report.html: {report.stat().st_size / 1e6:.1f} MB, {len(seen['opened'])} results")
+    for path, name, kind in expected:
+        category = "E6 state modulation" if name.startswith("e6_") else "Synthetic tasks"
+        listed = " ".join(text for key, text in seen["listed"].items() if key.startswith(category))
+        assert path in listed, f"{path} is not listed in the report's category {category}"
+        caption = report_caption(name, kind)
+        assert len(caption) > 40, caption
+        assert caption in words(seen["opened"].get(path, "")), f"{path}: caption not shown"
+    assert sorted(seen["opened"]) == sorted(path for path, _, _ in expected)
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_end_to_end_small_run_and_audit(small_run):
+    """The small run's products, their audit down to the weights and the data, a rerun with
+    nothing to do, and tampering caught by the audit."""
+    tmp_path = small_run
     results = tmp_path / "results"
     for name in FIGURES + SYNTHETIC_FIGURES:
         for ext in ("png", "pdf"):
@@ -247,12 +302,6 @@ def test_end_to_end_small_run_and_audit(tmp_path):
 
     again = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n", "all")
     assert "Nothing to be done" in again.stdout + again.stderr
-
-    report = snakemake(
-        "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--report", "report.html"
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert (tmp_path / "report.html").stat().st_size > 0
 
     # Tampering with an intermediate of the chain makes the audit fail and name it.
     tampered = next((results / "ess" / "smollm2").rglob("part*.parquet"))

@@ -31,6 +31,33 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "workdir", nargs="?", type=Path, default=Path("."),
+        help="the workflow's working directory, holding results/ (default: here)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--snakefile", type=Path, default=None,
+        help="the workflow (default: <workdir>/Snakefile, else ./Snakefile)",
+    )  # fmt: skip
+    parser.add_argument("--target", default="all", help="the target still to build (default all)")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the figures and tables present, jobs done and to run, and jobs in progress."""
+    from ess.status import status_text
+
+    candidates = (
+        [args.snakefile] if args.snakefile else [args.workdir / "Snakefile", Path("Snakefile")]
+    )
+    snakefile = next((path for path in candidates if path.is_file()), None)
+    if args.snakefile and snakefile is None:
+        print(f"ess status: no Snakefile at {args.snakefile}", file=sys.stderr)
+        return 2
+    print(status_text(args.workdir, snakefile, args.target))
+    return 0
+
+
 SUBCOMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
@@ -38,6 +65,11 @@ SUBCOMMANDS: dict[
         "re-hash every file in the manifest chain behind results",
         add_audit_arguments,
         run_audit,
+    ),
+    "status": (
+        "summarise a workflow directory: figures and tables, jobs done and to run, jobs running",
+        add_status_arguments,
+        run_status,
     ),
 }
 

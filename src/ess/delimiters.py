@@ -36,6 +36,17 @@ n = first token of passage k+1 (the delimiter occupies p+1 .. n-1):
   splits i = n+1 .. n+after.
 
 Both windows cover passage tokens only, so they hold the same text in every condition.
+
+Offsets (the boundary-aligned profile, `offset_splits`): offset o < 0 is the state after reading
+the |o|-th last token of passage k (split p + 2 + o, so o = -1 is split p + 1), o = 0 the state
+after the delimiter's last token (split n), o > 0 the state after the o-th token of passage k+1
+(split n + o). An offset counts for a boundary only while its token lies in one of the two
+passages around it (`offset_mask`): with short passages the far offsets reach fewer boundaries.
+
+The look-ahead bound. H_i = T[i:, :i] holds every FUTURE row. If no output at or after position r
+reads anything before r (the operator fully resets at r), rows r.. of H_i (i < r) are zero and
+ESS_i <= rank(T[i:r, :i]) <= r - i: ESS must fall linearly towards a full reset, before it
+happens (`reset_bound`). In general ESS_i <= (r - i) + rank(T[r:, :i]), what crosses r.
 drop = mean ESS(before) - mean ESS(after) (> 0: ESS falls after the delimiter), and
 drop_vs_control = drop - the same boundary's drop in the control. Because ESS_i <= min(i, L-i),
 a boundary whose windows come within `boundary_margin` splits of either end of the sequence is
@@ -352,6 +363,87 @@ def _check_windows(boundaries: np.ndarray, windows: np.ndarray, name: str) -> No
         )
 
 
+def offset_splits(boundaries: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """(K, 2) boundaries [p, n], offsets (O,) -> (K, O) int64 split positions (module
+    docstring: p + 2 + o for o < 0, n + o for o >= 0)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    o = np.asarray(offsets, dtype=np.int64)[None, :]
+    return np.where(o < 0, bounds[:, :1] + 2 + o, bounds[:, 1:] + o)
+
+
+def offset_mask(
+    boundaries: np.ndarray, passage_spans: np.ndarray, offsets: Sequence[int], length: int
+) -> np.ndarray:
+    """(K, O) bool: whether offset o of boundary k reads a token of passage k (o < 0) or k+1
+    (o > 0) and its split lies in 1..L-1. Offset 0 (right after the delimiter) always counts.
+
+    boundaries: (K, 2) [p, n]; passage_spans: (P, 2) [start, stop) with P >= K + 1 (boundary k
+    lies between passages k and k+1); length: L.
+    """
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    spans = np.asarray(passage_spans, dtype=np.int64).reshape(-1, 2)
+    if spans.shape[0] < bounds.shape[0] + 1:
+        raise ValueError(f"{bounds.shape[0]} boundaries need >= {bounds.shape[0] + 1} passages")
+    splits = offset_splits(bounds, offsets)
+    o = np.asarray(offsets, dtype=np.int64)[None, :]
+    token = splits - 1  # the last token read before the split
+    first_before = spans[: bounds.shape[0], :1]  # passage k's first token
+    last_after = spans[1 : bounds.shape[0] + 1, 1:] - 1  # passage k+1's last token
+    inside = np.where(o < 0, token >= first_before, np.where(o > 0, token <= last_after, True))
+    return inside & (splits >= 1) & (splits <= length - 1)
+
+
+def trace_positions(
+    boundaries: np.ndarray,
+    passage_spans: np.ndarray,
+    length: int,
+    offsets: Sequence[int],
+    stride: int,
+) -> np.ndarray:
+    """The split positions E6 evaluates ESS at: every counted offset of every boundary
+    (`offset_mask`) plus a coarse trace 1, 1 + stride, ... (for the full-trace figure).
+    Returns sorted unique int64 splits in 1..L-1."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}")
+    splits = offset_splits(boundaries, offsets)
+    near = splits[offset_mask(boundaries, passage_spans, offsets, length)]
+    return np.union1d(near, np.arange(1, length, stride)).astype(np.int64)
+
+
+def reset_bound(splits: np.ndarray, reset: int) -> np.ndarray:
+    """The most ESS_i can be when the operator fully resets at position `reset` (no output at
+    or after it reads an input before it): max(reset - i, 0) per split i (module docstring)."""
+    return np.maximum(int(reset) - np.asarray(splits, dtype=np.int64), 0)
+
+
+def boundary_profile(
+    trace: pd.Series,
+    boundaries: np.ndarray,
+    passage_spans: np.ndarray,
+    length: int,
+    offsets: Sequence[int],
+) -> pd.DataFrame:
+    """ESS at each offset from each boundary (one trace, forms: `as_trace`'s Series).
+
+    Returns one row per boundary and counted offset (`offset_mask`): boundary, offset, split,
+    value (NaN where the trace has no such split, e.g. a strided one).
+    """
+    splits = offset_splits(boundaries, offsets)
+    mask = offset_mask(boundaries, passage_spans, offsets, length)
+    k, j = np.nonzero(mask)
+    chosen = splits[k, j]
+    return pd.DataFrame(
+        {
+            "boundary": k.astype(np.int64),
+            "offset": np.asarray(offsets, dtype=np.int64)[j],
+            "split": chosen,
+            "value": trace.reindex(chosen).to_numpy(float),
+        }
+    )
+
+
 def trace_drops(
     trace: pd.Series, length: int, boundaries: np.ndarray, before: int, after: int, margin: int
 ) -> pd.DataFrame:
@@ -456,16 +548,24 @@ def settings_text(settings: dict) -> str:
     """One line stating the config behind E6's numbers, for captions ("" without settings).
 
     settings: the dict the workflow passes to the E6 notebooks (n_tokens, position_stride,
-    seeds, tolerance, relative, before, after, boundary_margin, n_boot, confidence, and per
-    model dtype and add_bos).
+    offsets, seeds, tolerance, relative, recall_orders, before, after, boundary_margin, n_boot,
+    confidence, and per model dtype and add_bos).
     """
     if not settings:
         return ""
     mode = "relative" if settings["relative"] else "absolute"
     bos = settings.get("add_bos") or {}
+    offsets = settings.get("offsets")
+    where = f"every {settings['position_stride']}-th split"
+    if offsets:
+        where = f"offsets {list(offsets)} from every delimiter plus {where}"
+    recall = (
+        f"recall on {settings['recall_orders']} orders, " if "recall_orders" in settings else ""
+    )
     return (
-        f"L = {settings['n_tokens']} tokens, split stride {settings['position_stride']}, "
+        f"L = {settings['n_tokens']} tokens, ESS at {where}, "
         f"seeds {settings['seeds']}, tolerance-ESS tau = {settings['tolerance']:g} ({mode}), "
+        f"{recall}"
         f"windows {settings['before']} before / {settings['after']} after each delimiter, "
         f"boundaries within {settings['boundary_margin']} splits of an end left out, "
         f"{settings['n_boot']} bootstrap resamples, {settings['confidence']:.0%} CI, "

@@ -566,24 +566,34 @@ def layer_ess(
     relative: bool = True,
     position_stride: int = 1,
     device: str | torch.device = "cpu",
+    positions: Iterable[int] | None = None,
+    spectrum: bool = False,
 ) -> tuple[EssResult, np.ndarray]:
-    """ESS of one captured mixer at split positions 1, 1 + stride, ... of every head/channel.
+    """ESS of one captured mixer at split positions 1, 1 + stride, ... of every head/channel,
+    or at `positions` (split positions in 1..L-1; then position_stride is not used).
 
     Attention has no small realisation: T is materialised per head and goes through the dense
-    path (ess.metric.effective_state_size). An SSM goes through its time-varying realisation
-    (ess.metric.effective_state_size_ssm); T is never built. Returns the EssResult (channels
-    first) and the theoretical state size at each split position: (positions,).
+    path (ess.metric.effective_state_size) by its eigenvalue route, since E6 aggregates both
+    tolerance- and entropy-ESS (the count route, entropy=False, would skip the entropy). An SSM
+    goes through its time-varying realisation (ess.metric.effective_state_size_ssm); T is never
+    built. spectrum=True keeps the singular values (other taus of tolerance-ESS are then
+    ess.metric.tolerance_ess of them, at no extra decomposition). Returns the EssResult
+    (channels first) and the theoretical state size at each split position: (positions,).
     """
     if op.kind == "attention":
         T = layer_operator_matrix(op, channels).to(device)  # (heads, L, L)
         length = T.shape[-1]
-        positions = range(1, length, position_stride)
-        result = effective_state_size(T, tol=tol, relative=relative, positions=positions)
+        wanted = range(1, length, position_stride) if positions is None else positions
+        result = effective_state_size(
+            T, tol=tol, relative=relative, positions=wanted, spectrum=spectrum
+        )
     else:
         A, B, C = (x.to(device) for x in layer_realisation(op, channels))  # (channels, L, N)
         length = B.shape[-2]
-        positions = range(1, length, position_stride)
-        result = effective_state_size_ssm(A, B, C, tol=tol, relative=relative, positions=positions)
+        wanted = range(1, length, position_stride) if positions is None else positions
+        result = effective_state_size_ssm(
+            A, B, C, tol=tol, relative=relative, positions=wanted, spectrum=spectrum
+        )
     split = result.positions.cpu().numpy()
     state_size = tss(op, length)  # per position (attention) or one number (SSM)
     if torch.is_tensor(state_size):

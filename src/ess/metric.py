@@ -23,12 +23,13 @@ Three ways to get the singular values, all returning the same `EssResult`:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg.lapack
 import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
@@ -43,14 +44,15 @@ class EssResult:
     """ESS at each split position.
 
     tolerance: (..., P) int64    #{s_k(H_i) > threshold}
-    entropy:   (..., P) float64  exp(entropy of s(H_i) / sum s(H_i))
+    entropy:   (..., P) float64  exp(entropy of s(H_i) / sum s(H_i)), or None when the caller
+               asked for tolerance-ESS only (effective_state_size(..., entropy=False))
     positions: (P,) int64        the split positions i (1 <= i <= L-1)
     spectrum:  (..., P, R) float64 singular values of each H_i, descending and zero-padded to
                R = max rank bound, or None unless asked for with spectrum=True
     """
 
     tolerance: Tensor
-    entropy: Tensor
+    entropy: Tensor | None
     positions: Tensor
     spectrum: Tensor | None = None
 
@@ -71,6 +73,14 @@ def _own_threads() -> Iterator[int]:
             yield before
     finally:
         torch.set_num_threads(before)
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """Our own threads, with torch single-threaded in each: torch.set_num_threads in the caller
+    does not reach a new thread (OpenMP's thread count is per thread), whose torch operations
+    then ran on a team of every core, spin-waiting: the dense path's Gram updates 3-5x slower
+    and a whole attention benchmark 20% (measured here)."""
+    return ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +205,14 @@ def effective_state_size_naive(
 
 # ---------------------------------------------------------------------------------------------
 # Dense path: Gram matrices of the smaller side, updated position by position
+#
+# Two routes share the sweep over positions (docs/method.md §3.3, §3.4):
+#   spectra: every eigenvalue of G_i = H_i^T H_i (LAPACK dsyevd: a tridiagonal reduction,
+#            4n^3/3 flops, half of them matrix-vector, then dsterf): both metrics, the spectrum;
+#   counts:  tolerance-ESS only. By Sylvester's law of inertia #{lambda(G_i) > theta} is the
+#            number of positive eigenvalues of D in an LDL^T of G_i - theta I (Bunch-Kaufman
+#            dsytrf, n^3/3 flops, mostly matrix-matrix), theta = (tol s_1)^2 with s_1^2
+#            bracketed to n * eps by a power iteration (_top_eigenvalue).
 
 
 def _antitranspose(T: Tensor) -> Tensor:
@@ -203,23 +221,23 @@ def _antitranspose(T: Tensor) -> Tensor:
     return T.flip(-1, -2).mT
 
 
-def _column_gram_spectra(T: Tensor, splits: list[int]) -> Iterator[tuple[int, Tensor]]:
-    """Singular values of H_i = T[..., i:, :i] from the eigenvalues of G_i = H_i^T H_i (i x i).
+def _column_grams(T: Tensor, splits: list[int]) -> Iterator[tuple[int, Tensor]]:
+    """G_i = H_i^T H_i (i x i) of H_i = T[..., i:, :i] at the positions i in splits.
 
-    T: (..., L, L) float64; splits: positions i, all with i <= L - i (the column side is the
+    T: (b, L, L) float64; splits: positions i, all with i <= L - i (the column side is the
     smaller one). Walks i downwards from max(splits): G_i = G_{i+1}[:i, :i] + t t^T with
     t = T[i, :i] (row i joins H), an O(i^2) update instead of an O(L i^2) product.
-    Yields (i, s) with s: (..., i).
+    Yields (i, G_i) with G_i: (b, i, i), a view that the next step overwrites.
     """
     top = max(splits)
     wanted = set(splits)
-    gram = T[..., top:, :top].mT @ T[..., top:, :top]
+    gram = T[:, top:, :top].mT @ T[:, top:, :top]
     for i in range(top, min(splits) - 1, -1):
         if i < top:
-            row = T[..., i, :i]
-            gram[..., :i, :i] += row[..., :, None] * row[..., None, :]
+            row = T[:, i, :i]
+            gram[:, :i, :i].baddbmm_(row[:, :, None], row[:, None, :])  # 2x faster than +=
         if i in wanted:
-            yield i, _gram_singular_values(_symmetric_eigenvalues(gram[..., :i, :i]))
+            yield i, gram[:, :i, :i]
 
 
 def _symmetric_eigenvalues(gram: Tensor) -> Tensor:
@@ -230,46 +248,153 @@ def _symmetric_eigenvalues(gram: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(gram)
 
 
-def _gram_singular_values(eigenvalues: Tensor) -> Tensor:
-    """s = sqrt(lambda) for the eigenvalues of a float64 Gram matrix (..., n).
+def _eigenvalue_floor(top_eigenvalue: Tensor | np.ndarray, n: int):
+    """Eigenvalues of an n x n float64 Gram matrix at or below this are noise around zero.
 
     Forming and diagonalising the Gram matrix costs an absolute error of about n * eps * s_1^2
-    in each eigenvalue, so eigenvalues below that floor are noise around an exact zero: they
-    are set to zero (an SVD of H_i would return them as ~eps * s_1, just as negligible).
+    in each eigenvalue; the floor is a tenth of that (an SVD of H_i would return such values as
+    ~eps * s_1, just as negligible). Both routes treat them as exact zeros.
     """
-    n = eigenvalues.shape[-1]
-    floor = 0.1 * n * FLOAT64_EPS * eigenvalues.amax(dim=-1, keepdim=True)
+    return 0.1 * n * FLOAT64_EPS * top_eigenvalue
+
+
+def _gram_singular_values(eigenvalues: Tensor) -> Tensor:
+    """s = sqrt(lambda) for the eigenvalues (..., n) of a float64 Gram matrix, 0 at the floor."""
+    floor = _eigenvalue_floor(eigenvalues.amax(dim=-1, keepdim=True), eigenvalues.shape[-1])
     return torch.where(eigenvalues > floor, eigenvalues, 0.0).sqrt()
 
 
-def _dense_spectra(T: Tensor, split: Tensor) -> Tensor:
-    """s(H_i) for every split position. T: (..., L, L) float64 -> (..., P, R), zero-padded.
+def _top_eigenvalue(G: np.ndarray, x: np.ndarray, rtol: float, steps: int = 30):
+    """lambda_max of symmetric positive semidefinite G: (b, n, n), bracketed by a power iteration.
+
+    x: (b, n) start vectors (any nonzero). Returns (mu, certified, x): mu (b,) the Rayleigh
+    quotient of the last iterate x (b, n), a lower bound on lambda_max; certified (b,) where
+    lambda_max <= mu (1 + rtol) is proven:
+    with r = |G x - mu x| some eigenvalue lies within r of mu; when |G|_F^2 < 2 (mu - r)^2 every
+    other one is below beta = sqrt(|G|_F^2 - (mu - r)^2) < mu - r, so that one is lambda_max and
+    Kato-Temple's bound gives lambda_max <= mu + r^2 / (mu - beta). Where the top eigenvalue
+    carries less than half of |G|_F^2, or the iteration stalls, nothing is certified.
+    """
+    frobenius2 = np.einsum("bij,bij->b", G, G)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for _ in range(steps):
+        y = np.matmul(G, x[..., None])[..., 0]
+        mu = np.einsum("bi,bi->b", x, y)
+        r = np.linalg.norm(y - mu[:, None] * x, axis=-1)
+        below = np.clip(mu - r, 0.0, None)
+        separated = frobenius2 < 1.99 * below**2  # 1.99: a margin for rounding in the norms
+        beta = np.sqrt(np.clip(frobenius2 - below**2, 0.0, None))
+        gap = np.where(separated, mu - beta, 1.0)
+        certified = separated & (r**2 / gap <= rtol * mu)
+        norm = np.linalg.norm(y, axis=-1, keepdims=True)
+        if (certified | (norm[:, 0] == 0)).all():  # G x = 0: x stays, nothing is certified
+            break
+        x = np.where(norm > 0, y / np.where(norm > 0, norm, 1.0), x)
+    return mu, certified, x
+
+
+def _positive_pivots(A: np.ndarray) -> int:
+    """Number of positive eigenvalues of symmetric A (n, n), destroyed, by Sylvester's law of
+    inertia: those of D in A = P L D L^T P^T (dsytrf, D with 1x1 and 2x2 blocks). A zero pivot
+    (A exactly singular) counts as not positive."""
+    # lwork for 64-column blocks: f2py's default is the unblocked minimum, 2x slower
+    ldu, ipiv, _ = scipy.linalg.lapack.dsytrf(A.T, lower=1, overwrite_a=1, lwork=64 * len(A))
+    d, off = np.diagonal(ldu), np.diagonal(ldu, -1)
+    two = ipiv < 0  # a 2x2 block occupies two consecutive negative entries
+    index = np.arange(len(ipiv))
+    run_start = np.maximum.accumulate(np.where(two, -1, index)) + 1
+    first = two & ((index - run_start) % 2 == 0)
+    k = index[first]
+    a, b, c = d[k], off[k], d[k + 1]
+    det = a * c - b * b
+    in_blocks = np.where(det < 0, 1, np.where(a + c > 0, np.where(det > 0, 2, 1), 0)).sum()
+    return int((d[~two] > 0).sum() + in_blocks)
+
+
+def _gram_counts(
+    gram: Tensor, tol: float, relative: bool, x: np.ndarray
+) -> tuple[Tensor, np.ndarray]:
+    """Tolerance-ESS #{lambda(G) > theta} of Gram matrices gram: (b, n, n), CPU float64.
+
+    theta = max(tol^2 lambda_max, floor) (relative) or max(tol^2, floor), the floor as in the
+    spectra route, so both routes count the same eigenvalues. lambda_max comes from
+    _top_eigenvalue, started at x: (b, n) (the previous position's iterate); a matrix whose
+    lambda_max it cannot certify, or whose tol^2 is not clear of the floor, takes the spectra
+    route instead. Returns counts (b,) int64 and the iterates (b, n) for the next position.
+    Ties: an eigenvalue within about n * eps * s_1^2 of theta may be counted on either side,
+    as by the spectra route and by an SVD of H_i.
+    """
+    n = gram.shape[-1]
+    G = np.array(gram.numpy(), order="C")  # a copy: the factorisation overwrites it
+    counts = np.zeros(len(G), dtype=np.int64)
+    if relative:
+        # lambda_max to n eps / tol^2 relative (theta = tol^2 lambda_max to n eps lambda_max),
+        # and to 1e-3 at most: with a tiny tol theta is the floor, 0.1 n eps lambda_max
+        rtol = min(n * FLOAT64_EPS / tol**2, 1e-3)
+        top, certified, x = _top_eigenvalue(G, x, rtol=rtol)
+        theta = np.maximum(tol**2 * top, _eigenvalue_floor(top, n))
+    else:  # lambda_max <= |G|_F: the floor is below tol^2 whenever theta can ignore it
+        certified = tol**2 > _eigenvalue_floor(np.linalg.norm(G, axis=(1, 2)), n)
+        theta = np.full(len(G), tol**2)
+    for h in range(len(G)):
+        if not certified[h]:
+            s = _gram_singular_values(_symmetric_eigenvalues(torch.from_numpy(G[h])))
+            counts[h] = tolerance_ess(s, tol, relative)
+        else:
+            G[h].reshape(-1)[:: n + 1] -= theta[h]
+            counts[h] = _positive_pivots(G[h])
+    return torch.from_numpy(counts), x
+
+
+def _spectra_measure() -> Callable[[Tensor], Tensor]:
+    """Singular values (b, n) of H_i from its Gram matrix (b, n, n)."""
+    return lambda gram: _gram_singular_values(_symmetric_eigenvalues(gram))
+
+
+def _counts_measure(tol: float, relative: bool) -> Callable[[Tensor], Tensor]:
+    """Tolerance-ESS (b,) of H_i from its Gram matrix (b, n, n); each sweep gets its own,
+    which starts every power iteration at the previous position's iterate."""
+    iterate = None
+
+    def measure(gram: Tensor) -> Tensor:
+        nonlocal iterate
+        n = gram.shape[-1]
+        start = np.ones((len(gram), n)) if iterate is None else iterate[:, :n]
+        start[~start.any(axis=-1)] = 1.0
+        counts, iterate = _gram_counts(gram, tol, relative, start)
+        return counts
+
+    return measure
+
+
+def _dense_sweeps(T: Tensor, split: Tensor, make_measure) -> list[Tensor]:
+    """[measure(G_i) for i in split], G_i the smaller Gram matrix of H_i. T: (b, L, L) float64.
 
     Positions with i <= L/2 use the column Gram of T, the others the column Gram of the
-    antitranspose of T at L - i. The two independent sweeps run on two threads when the caller
-    allows torch two or more (each with a single-threaded LAPACK: for these sizes that beats one
-    sweep with a threaded LAPACK), one after the other when it allows one (a workflow job with
-    threads: 1 then keeps to its core).
+    antitranspose of T at L - i, each sweep with its own make_measure(). The two independent
+    sweeps run on two threads when the caller allows torch two or more (each with a
+    single-threaded LAPACK: for these sizes that beats one sweep with a threaded LAPACK), one
+    after the other when it allows one (a workflow job with threads: 1 then keeps to its core).
     """
     length = T.shape[-1]
-    s = _empty_spectra(T, split)
-    index = {i: p for p, i in enumerate(split.tolist())}
-    left = [i for i in index if i <= length - i]
-    right = [length - i for i in index if i > length - i]
+    values = {}
+    left = [i for i in split.tolist() if i <= length - i]
+    right = [length - i for i in split.tolist() if i > length - i]
 
     def sweep(operator: Tensor, splits: list[int], to_position) -> None:
         if splits:
-            for i, s_i in _column_gram_spectra(operator, splits):
-                s[..., index[to_position(i)], : s_i.shape[-1]] = s_i
+            measure = make_measure()
+            for i, gram in _column_grams(operator, splits):
+                values[to_position(i)] = measure(gram)
 
-    with _own_threads() as threads, ThreadPoolExecutor(max_workers=min(2, threads)) as pool:
+    with _own_threads() as threads, _worker_pool(min(2, threads)) as pool:
         jobs = [
             pool.submit(sweep, T, left, lambda i: i),
             pool.submit(sweep, _antitranspose(T), right, lambda i: length - i),
         ]
         for job in jobs:
             job.result()
-    return s
+    return [values[i] for i in split.tolist()]
 
 
 def effective_state_size(
@@ -280,6 +405,7 @@ def effective_state_size(
     spectrum: bool = False,
     check_causal: bool = True,
     causal_tol: float = 1e-6,
+    entropy: bool = True,
 ) -> EssResult:
     """ESS of a materialised causal operator at every split position.
 
@@ -290,17 +416,36 @@ def effective_state_size(
     spectrum: also return the singular values of every H_i.
     check_causal: refuse T whose upper triangle exceeds causal_tol * max|T|; with False only
        the lower triangle enters H_i anyway.
+    entropy: False computes tolerance-ESS only (EssResult.entropy is None), by counting
+       eigenvalues with an LDL^T factorisation instead of computing them: 2-4x faster on the
+       CPU (benchmarks/README.md). Cannot be combined with spectrum=True.
 
     Singular values come from the smaller Gram matrix of H_i (min(i, L-i) square) in float64,
     updated by a rank-1 term per position; they agree with an SVD of H_i down to about
-    sqrt(n * eps) * s_1 (~1e-7 s_1), far below any tolerance used in practice.
+    sqrt(n * eps) * s_1 (~1e-7 s_1), far below any tolerance used in practice. Both routes
+    count the same eigenvalues; one within about n * eps * s_1^2 of the threshold is a tie
+    that rounding decides, in either route as in an SVD.
     Returns EssResult with tolerance/entropy of shape (..., P).
     """
     _check_tol(tol)
     _check_operator(T, check_causal, causal_tol)
+    if spectrum and not entropy:
+        raise ValueError(
+            "spectrum=True needs every singular value, which entropy=False skips; pass "
+            "entropy=True (the default) to get the spectrum"
+        )
     split = _split_positions(positions, T.shape[-1])
-    s = _dense_spectra(T.to(torch.float64), split)
-    return _result(s, split.to(T.device), tol, relative, spectrum)
+    batch, length = T.shape[:-2], T.shape[-1]
+    T = T.to(torch.float64).reshape(-1, length, length)
+    if not entropy and T.device.type == "cpu":
+        counts = _dense_sweeps(T, split, lambda: _counts_measure(tol, relative))
+        tolerance = torch.stack(counts, dim=-1).reshape(*batch, len(split))
+        return EssResult(tolerance=tolerance, entropy=None, positions=split)
+    s = _empty_spectra(T, split)
+    for p, s_i in enumerate(_dense_sweeps(T, split, _spectra_measure)):
+        s[:, p, : s_i.shape[-1]] = s_i
+    result = _result(s.reshape(*batch, *s.shape[1:]), split.to(T.device), tol, relative, spectrum)
+    return result if entropy else EssResult(result.tolerance, None, result.positions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +590,7 @@ def effective_state_size_ssm(
             1, min(SSM_FACTOR_BUDGET_BYTES // (workers * per_channel), -(-B.shape[0] // workers))
         )
         bounds = [(lo, lo + chunk) for lo in range(0, B.shape[0], chunk)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with _worker_pool(workers) as pool:
             spectra = pool.map(
                 lambda lh: _realisation_spectra(
                     A[lh[0] : lh[1]], B[lh[0] : lh[1]], C[lh[0] : lh[1]], split, diagonal

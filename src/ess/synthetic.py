@@ -82,10 +82,11 @@ def memory_items(task: TaskConfig) -> int:
 def operator_spectra(op: dict) -> tuple[EssResult, Tensor]:
     """Spectra of every H_i of one layer's operator (`LanguageModel.operators` convention).
 
-    Attention ("T": (b, H, L, L)) goes through the dense path, recurrences ("A", "B", "C":
-    (b, H, L, N)) through the realisation path; S6's skip D only touches T's diagonal, which
-    no H_i contains. Returns the EssResult with spectrum (b, H, P, R) and the TSS at each split
-    position: (P,) float64.
+    Attention ("T": (b, H, L, L)) goes through the dense path (its eigenvalue route: every tau
+    of synthetic.ess.tolerances and entropy-ESS come from one spectrum), recurrences ("A", "B",
+    "C": (b, H, L, N)) through the realisation path; S6's skip D only touches T's diagonal,
+    which no H_i contains. Returns the EssResult with spectrum (b, H, P, R) and the TSS at each
+    split position: (P,) float64.
     """
     if "T" in op:
         result = effective_state_size(op["T"], spectrum=True)

@@ -294,7 +294,10 @@ def bigram_recall(
         raise ValueError(f"input_ids must have shape (B, L) with L >= 2, got {tuple(ids.shape)}")
     if min_distance < 1:
         raise ValueError(f"min_distance must be >= 1, got {min_distance}")
-    logprobs = token_logprobs(_logits_of(logits_fn, ids), ids)
+    # one row at a time: a (B, L, V) logits tensor of a 262k-token vocabulary takes gigabytes
+    logprobs = np.concatenate(
+        [token_logprobs(_logits_of(logits_fn, row), row) for row in ids[:, None]]
+    )
     counts = bigram_occurrence(ids.numpy())
     second = (counts == 2) & (first_gap(ids.numpy()) >= min_distance)
     result: dict[str, float] = {}

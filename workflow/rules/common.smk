@@ -7,6 +7,8 @@ import re
 import yaml
 from snakemake.utils import validate
 
+from ess.workflow_config import check_config
+
 # ---------------------------------------------------------------------------------------------
 # Config validation: before any job is scheduled.
 
@@ -40,58 +42,10 @@ def check_model_sources(config):
             )
 
 
-def check_references(config):
-    """Names used in e6.models, e6.recall.task and models.*.layers must exist."""
-    for name in config["e6"]["models"] or []:
-        if name not in config["models"]:
-            raise ValueError(
-                f"config key e6.models names {name!r}, which is not a key of models "
-                f"({', '.join(config['models'])})"
-            )
-    tasks = config["e6"]["delimiters"] + config["e6"]["controls"]
-    if config["e6"]["recall"]["task"] not in tasks:
-        raise ValueError(
-            f"config key e6.recall.task is {config['e6']['recall']['task']!r}; it must be one "
-            f"of e6.delimiters or e6.controls ({', '.join(tasks)})"
-        )
-    for name, model in config["models"].items():
-        train = model.get("train")
-        if train is not None and model["source"] != "train:jargon":
-            raise ValueError(
-                f"config key models.{name}.train is set, but models.{name}.source is "
-                f"{model['source']!r}: `train` only applies to source train:jargon"
-            )
-        if train is not None:
-            if train["warmup_steps"] > train["steps"]:
-                raise ValueError(
-                    f"config key models.{name}.train.warmup_steps = {train['warmup_steps']} "
-                    f"exceeds models.{name}.train.steps = {train['steps']}"
-                )
-            s6 = train["layers"].strip().upper() == "S6"
-            heads = train["d_model"] if s6 else train["n_heads"]
-            if model["n_heads"] != heads:
-                what = (
-                    "train.d_model (S6: one operator per channel)"
-                    if s6
-                    else "train.n_heads"
-                )
-                raise ValueError(
-                    f"config key models.{name}.n_heads is {model['n_heads']}, but the trained "
-                    f"model has {heads} operators per layer ({what})"
-                )
-        too_deep = [
-            layer for layer in model["layers"] or [] if layer >= model["n_layers"]
-        ]
-        if too_deep:
-            raise ValueError(
-                f"config key models.{name}.layers lists {too_deep}, but models.{name}.n_layers "
-                f"is {model['n_layers']} (layers are 0-based)"
-            )
-
-
 check_model_sources(config)
 validate(config, SCHEMA)
-check_references(config)
+# What the schema cannot say: sizes that must fit each other, names that must exist.
+check_config(config)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).
@@ -217,6 +171,15 @@ def ess_path(model, task, seed, part):
     return f"results/ess/{model}/{task}/seed{seed}/part{part}.parquet"
 
 
+def seed_paths(path_of, *args):
+    """`path_of(*args, seed)` for every E6 seed (args keep their wildcards)."""
+    return [path_of(*args, seed) for seed in e6_seeds()]
+
+
+def ess_path_of_part(model, task, part, seed):
+    return ess_path(model, task, seed, part)
+
+
 def e6_ess_tables():
     """Every ESS table of E6: models x tasks x seeds x layer parts."""
     return [
@@ -237,14 +200,15 @@ def e6_sequences():
     ]
 
 
-def recall_path(model, seed):
-    return f"results/recall/{model}/seed{seed}.json"
+def recall_path(model):
+    """Bigram recall of `model` over e6.recall.orders sequences scored together."""
+    return f"results/recall/{model}.json"
 
 
 def e6_recall_tables():
     if not config["e6"]["recall"]["enabled"]:
         return []
-    return [recall_path(model, seed) for model in e6_models() for seed in e6_seeds()]
+    return [recall_path(model) for model in e6_models()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,8 +449,15 @@ def synthetic_task_splits():
 
 
 # Final products of each experiment: figures (PNG + PDF) and tables (CSV + Markdown + LaTeX).
-FIGURES = {"e6": ["e6_delimiter_traces", "e6_drop_by_layer", "e6_drop_vs_recall"]}
-TABLES = {"e6": ["e6_delimiter_drop"]}
+FIGURES = {
+    "e6": [
+        "e6_delimiter_traces",
+        "e6_boundary_profile",
+        "e6_drop_by_layer",
+        "e6_drop_vs_recall",
+    ]
+}
+TABLES = {"e6": ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]}
 SYNTHETIC_FIGURES = {
     "e1": ["e1_accuracy_vs_ess"],
     "e2": ["e2_state_utilisation"],
@@ -579,6 +550,8 @@ def e6_settings():
         "before": e6["drop"]["before"],
         "after": e6["drop"]["after"],
         "boundary_margin": e6["drop"]["boundary_margin"],
+        "offsets": e6["profile"]["offsets"],
+        "recall_orders": e6["recall"]["orders"],
         "n_boot": config["stats"]["n_boot"],
         "confidence": config["stats"]["confidence"],
         "dtype": {model: model_config(model)["dtype"] for model in e6_models()},

@@ -5,19 +5,25 @@
 # delimiters with bootstrap CIs; one rule per figure or table runs its notebook.
 
 E6_AGGREGATE = {
-    # ESS per split position, mean over the heads/channels of each layer
+    # ESS per evaluated split position, mean over the heads/channels of each layer
     "traces": "results/aggregate/e6_traces.parquet",
     # one row per boundary, layer (-1 = mean over layers), control and ESS kind
     "boundaries": "results/aggregate/e6_boundary_drops.parquet",
     # drop_vs_control per layer, bootstrap CI over boundaries (and seeds)
     "by_layer": "results/aggregate/e6_drop_by_layer.parquet",
     "by_layer_csv": "results/aggregate/e6_drop_by_layer.csv",
-    # the same on the mean over layers, with each model's bigram recall
+    # the same on the mean over layers, at every tau and entropy-ESS, with each model's recall
     "by_model": "results/aggregate/e6_drop.parquet",
     "by_model_csv": "results/aggregate/e6_drop.csv",
-    # correlation of the drop with recall across models (NaN with fewer than 3 models)
+    # correlation of the drop with recall over the models whose recall is measured
     "correlation": "results/aggregate/e6_recall_correlation.parquet",
     "correlation_csv": "results/aggregate/e6_recall_correlation.csv",
+    # mean ESS at each offset from the delimiter, per layer group and condition
+    "profile": "results/aggregate/e6_boundary_profile.parquet",
+    "profile_csv": "results/aggregate/e6_boundary_profile.csv",
+    # Kendall's tau of the drops of e6.hierarchy against its stated order
+    "hierarchy": "results/aggregate/e6_hierarchy.parquet",
+    "hierarchy_csv": "results/aggregate/e6_hierarchy.csv",
 }
 
 
@@ -26,16 +32,20 @@ rule make_sequence:
         model=hf_dir("{model}"),
         model_manifest=manifest(hf_dir("{model}")),
     output:
-        sequence=sequence_path("{model}", "{delimiter}", "{seed}"),
-        manifest=manifest(sequence_path("{model}", "{delimiter}", "{seed}")),
+        sequences=seed_paths(sequence_path, "{model}", "{delimiter}"),
+        manifests=[
+            manifest(path)
+            for path in seed_paths(sequence_path, "{model}", "{delimiter}")
+        ],
     log:
-        "results/logs/make_sequence/{model}/{delimiter}/seed{seed}.log",
+        "results/logs/make_sequence/{model}/{delimiter}.log",
     conda:
         "../../envs/torch.yaml"
     resources:
         mem_mb=resources_for("make_sequence", "mem_mb", 2000),
         runtime=resources_for("make_sequence", "runtime", 5),
     params:
+        seeds=e6_seeds(),
         n_tokens=config["e6"]["n_tokens"],
         add_bos=lambda wildcards: e6_add_bos(wildcards.model),
         min_chars=config["e6"]["passages"]["min_chars"],
@@ -44,7 +54,7 @@ rule make_sequence:
             "trust_remote_code"
         ],
     message:
-        "Token sequence of passages joined by {wildcards.delimiter} for {wildcards.model} (seed {wildcards.seed})"
+        "Token sequences of passages joined by {wildcards.delimiter} for {wildcards.model} (every seed)"
     script:
         "../scripts/make_sequence.py"
 
@@ -53,16 +63,13 @@ rule bigram_recall:
     input:
         model=hf_dir("{model}"),
         model_manifest=manifest(hf_dir("{model}")),
-        sequence=lambda wildcards: task_sequence_path(
-            wildcards.model, config["e6"]["recall"]["task"], wildcards.seed
-        ),
     output:
-        recall=recall_path("{model}", "{seed}"),
-        manifest=manifest(recall_path("{model}", "{seed}")),
+        recall=recall_path("{model}"),
+        manifest=manifest(recall_path("{model}")),
     log:
-        "results/logs/bigram_recall/{model}/seed{seed}.log",
+        "results/logs/bigram_recall/{model}.log",
     benchmark:
-        "results/benchmarks/bigram_recall/{model}/seed{seed}.tsv"
+        "results/benchmarks/bigram_recall/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: resources_for("bigram_recall", "threads", 1)
@@ -72,7 +79,13 @@ rule bigram_recall:
         gpu=resources_for("bigram_recall", "gpu", 0),
     params:
         task=config["e6"]["recall"]["task"],
+        delimiter=e6_sequence_delimiter(config["e6"]["recall"]["task"]),
         condition=e6_condition(config["e6"]["recall"]["task"]),
+        orders=config["e6"]["recall"]["orders"],
+        n_tokens=config["e6"]["n_tokens"],
+        add_bos=lambda wildcards: e6_add_bos(wildcards.model),
+        min_chars=config["e6"]["passages"]["min_chars"],
+        max_chars=config["e6"]["passages"]["max_chars"],
         min_distance=config["e6"]["recall"]["min_distance"],
         n_boot=config["stats"]["n_boot"],
         confidence=config["stats"]["confidence"],
@@ -83,7 +96,7 @@ rule bigram_recall:
             "trust_remote_code"
         ],
     message:
-        "Bigram recall of {wildcards.model} on the {params.task} sequence (seed {wildcards.seed})"
+        "Bigram recall of {wildcards.model} on {params.orders} {params.task} sequences"
     script:
         "../scripts/bigram_recall.py"
 
@@ -94,14 +107,7 @@ rule aggregate:
         sequences=e6_sequences(),
         recall=e6_recall_tables(),
     output:
-        traces=E6_AGGREGATE["traces"],
-        boundaries=E6_AGGREGATE["boundaries"],
-        by_layer=E6_AGGREGATE["by_layer"],
-        by_layer_csv=E6_AGGREGATE["by_layer_csv"],
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_csv=E6_AGGREGATE["by_model_csv"],
-        correlation=E6_AGGREGATE["correlation"],
-        correlation_csv=E6_AGGREGATE["correlation_csv"],
+        **E6_AGGREGATE,
         manifests=[manifest(path) for path in E6_AGGREGATE.values()],
     log:
         "results/logs/aggregate/e6.log",
@@ -118,12 +124,14 @@ rule aggregate:
         before=config["e6"]["drop"]["before"],
         after=config["e6"]["drop"]["after"],
         boundary_margin=config["e6"]["drop"]["boundary_margin"],
+        offsets=config["e6"]["profile"]["offsets"],
+        hierarchy=config["e6"]["hierarchy"],
         n_boot=config["stats"]["n_boot"],
         confidence=config["stats"]["confidence"],
         correlation=config["stats"]["correlation"],
         seed=config["stats"]["seed"],
     message:
-        "E6 statistics: ESS drop at delimiters vs controls, bootstrap CIs, recall correlation"
+        "E6 statistics: ESS drop at delimiters vs controls, profiles, hierarchy, recall"
     script:
         "../scripts/aggregate_e6.py"
 
@@ -290,6 +298,134 @@ rule e6_drop_vs_recall:
         ),
     message:
         "Figure e6_drop_vs_recall: ESS drop at delimiters per model against its bigram recall"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
+
+
+rule e6_boundary_profile:
+    input:
+        notebook=notebook_path("e6_boundary_profile"),
+        profile=E6_AGGREGATE["profile"],
+        profile_manifest=manifest(E6_AGGREGATE["profile"]),
+        by_model=E6_AGGREGATE["by_model"],
+        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
+    output:
+        png=report(
+            "results/figures/e6_boundary_profile.png",
+            caption="../report/e6_boundary_profile.rst",
+            category="E6 state modulation",
+        ),
+        pdf="results/figures/e6_boundary_profile.pdf",
+        manifests=multiext(
+            "results/figures/e6_boundary_profile",
+            ".png.manifest.json",
+            ".pdf.manifest.json",
+        ),
+        notebook="results/notebooks/e6_boundary_profile.ipynb",
+    log:
+        "results/logs/notebooks/e6_boundary_profile.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("e6_boundary_profile", "mem_mb", 2000),
+        runtime=resources_for("e6_boundary_profile", "runtime", 10),
+    params:
+        parameters=notebook_parameters(
+            ["profile", "by_model", "notebook"],
+            ["png", "pdf"],
+            delimiters=config["e6"]["delimiters"],
+            controls=config["e6"]["controls"],
+            settings=e6_settings(),
+        ),
+    message:
+        "Figure e6_boundary_profile: mean ESS against the offset from the delimiter"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
+
+
+rule e6_hierarchy:
+    input:
+        notebook=notebook_path("e6_hierarchy"),
+        hierarchy=E6_AGGREGATE["hierarchy"],
+        hierarchy_manifest=manifest(E6_AGGREGATE["hierarchy"]),
+        by_model=E6_AGGREGATE["by_model"],
+        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
+        correlation=E6_AGGREGATE["correlation"],
+        correlation_manifest=manifest(E6_AGGREGATE["correlation"]),
+    output:
+        csv=report(
+            "results/tables/e6_hierarchy.csv",
+            caption="../report/e6_hierarchy.rst",
+            category="E6 state modulation",
+        ),
+        md="results/tables/e6_hierarchy.md",
+        tex="results/tables/e6_hierarchy.tex",
+        manifests=multiext(
+            "results/tables/e6_hierarchy",
+            ".csv.manifest.json",
+            ".md.manifest.json",
+            ".tex.manifest.json",
+        ),
+        notebook="results/notebooks/e6_hierarchy.ipynb",
+    log:
+        "results/logs/notebooks/e6_hierarchy.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("e6_hierarchy", "mem_mb", 2000),
+        runtime=resources_for("e6_hierarchy", "runtime", 10),
+    params:
+        parameters=notebook_parameters(
+            ["hierarchy", "by_model", "correlation", "notebook"],
+            ["csv", "md", "tex"],
+            hierarchy_models=config["e6"]["hierarchy"],
+            settings=e6_settings(),
+        ),
+    message:
+        "Table e6_hierarchy: the paper's order of modulation SA > GLA > WLA > LA as Kendall's tau"
+    shell:
+        "papermill -k python3 --log-output -y {params.parameters:q} "
+        "{input.notebook} {output.notebook} > {log} 2>&1"
+
+
+rule e6_drop_by_tau:
+    input:
+        notebook=notebook_path("e6_drop_by_tau"),
+        by_model=E6_AGGREGATE["by_model"],
+        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
+    output:
+        csv=report(
+            "results/tables/e6_drop_by_tau.csv",
+            caption="../report/e6_drop_by_tau.rst",
+            category="E6 state modulation",
+        ),
+        md="results/tables/e6_drop_by_tau.md",
+        tex="results/tables/e6_drop_by_tau.tex",
+        manifests=multiext(
+            "results/tables/e6_drop_by_tau",
+            ".csv.manifest.json",
+            ".md.manifest.json",
+            ".tex.manifest.json",
+        ),
+        notebook="results/notebooks/e6_drop_by_tau.ipynb",
+    log:
+        "results/logs/notebooks/e6_drop_by_tau.log",
+    conda:
+        "../../envs/notebooks.yaml"
+    resources:
+        mem_mb=resources_for("e6_drop_by_tau", "mem_mb", 2000),
+        runtime=resources_for("e6_drop_by_tau", "runtime", 10),
+    params:
+        parameters=notebook_parameters(
+            ["by_model", "notebook"],
+            ["csv", "md", "tex"],
+            control=config["e6"]["controls"][0],
+            settings=e6_settings(),
+        ),
+    message:
+        "Table e6_drop_by_tau: the drop at every tau of tolerance-ESS and at entropy-ESS"
     shell:
         "papermill -k python3 --log-output -y {params.parameters:q} "
         "{input.notebook} {output.notebook} > {log} 2>&1"

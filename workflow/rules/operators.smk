@@ -1,23 +1,30 @@
-# From a model and a token sequence to ESS: run the model ONCE per sequence and keep each
+# From a model and its token sequences to ESS: run the model ONCE per sequence and keep each
 # layer's operator factors (capture_operators), then one job per group of layers
-# (models.<model>.layers_per_job) computes ESS at every split position of every head/channel,
-# with the theoretical state size (extract).
+# (models.<model>.layers_per_job) computes ESS at the split positions E6 uses (around every
+# boundary, plus a coarse stride) of every head/channel, with the theoretical state size
+# (extract). One job covers every seed (passage order) of a model and task: a job pays seconds
+# to start and load the model, a sequence costs less than that.
 
 
 rule capture_operators:
     input:
         model=hf_dir("{model}"),
         model_manifest=manifest(hf_dir("{model}")),
-        sequence=lambda wildcards: task_sequence_path(
-            wildcards.model, wildcards.task, wildcards.seed
+        sequences=lambda wildcards: seed_paths(
+            task_sequence_path, wildcards.model, wildcards.task
         ),
     output:
-        operators=maybe_temp(operators_path("{model}", "{task}", "{seed}")),
-        manifest=manifest(operators_path("{model}", "{task}", "{seed}")),
+        operators=[
+            maybe_temp(path)
+            for path in seed_paths(operators_path, "{model}", "{task}")
+        ],
+        manifests=[
+            manifest(path) for path in seed_paths(operators_path, "{model}", "{task}")
+        ],
     log:
-        "results/logs/capture_operators/{model}/{task}/seed{seed}.log",
+        "results/logs/capture_operators/{model}/{task}.log",
     benchmark:
-        "results/benchmarks/capture_operators/{model}/{task}/seed{seed}.tsv"
+        "results/benchmarks/capture_operators/{model}/{task}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: resources_for("capture_operators", "threads", 1)
@@ -33,22 +40,30 @@ rule capture_operators:
             "trust_remote_code"
         ],
     message:
-        "Capturing the operators of every layer of {wildcards.model} on {wildcards.task} (seed {wildcards.seed})"
+        "Capturing the operators of every layer of {wildcards.model} on {wildcards.task} (every seed)"
     script:
         "../scripts/capture_operators.py"
 
 
 rule extract:
     input:
-        operators=operators_path("{model}", "{task}", "{seed}"),
-        operators_manifest=manifest(operators_path("{model}", "{task}", "{seed}")),
+        operators=seed_paths(operators_path, "{model}", "{task}"),
+        operators_manifests=[
+            manifest(path) for path in seed_paths(operators_path, "{model}", "{task}")
+        ],
+        sequences=lambda wildcards: seed_paths(
+            task_sequence_path, wildcards.model, wildcards.task
+        ),
     output:
-        ess=ess_path("{model}", "{task}", "{seed}", "{part}"),
-        manifest=manifest(ess_path("{model}", "{task}", "{seed}", "{part}")),
+        ess=seed_paths(ess_path_of_part, "{model}", "{task}", "{part}"),
+        manifests=[
+            manifest(path)
+            for path in seed_paths(ess_path_of_part, "{model}", "{task}", "{part}")
+        ],
     log:
-        "results/logs/extract/{model}/{task}/seed{seed}/part{part}.log",
+        "results/logs/extract/{model}/{task}/part{part}.log",
     benchmark:
-        "results/benchmarks/extract/{model}/{task}/seed{seed}/part{part}.tsv"
+        "results/benchmarks/extract/{model}/{task}/part{part}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: resources_for("extract", "threads", 1)
@@ -57,13 +72,17 @@ rule extract:
         runtime=resources_for("extract", "runtime", 20),
         gpu=resources_for("extract", "gpu", 0),
     params:
+        seeds=e6_seeds(),
+        condition=lambda wildcards: e6_condition(wildcards.task),
         layers=lambda wildcards: layer_parts(wildcards.model)[int(wildcards.part)],
         tolerance=config["ess"]["tolerance"],
+        tolerances=config["synthetic"]["ess"]["tolerances"],
         relative=config["ess"]["relative"],
         position_stride=config["ess"]["position_stride"],
+        offsets=config["e6"]["profile"]["offsets"],
         channel_stride=lambda wildcards: model_config(wildcards.model)["channel_stride"],
         device=lambda wildcards: model_config(wildcards.model)["device"],
     message:
-        "ESS of layers {params.layers} of {wildcards.model} on {wildcards.task} (seed {wildcards.seed})"
+        "ESS of layers {params.layers} of {wildcards.model} on {wildcards.task} (every seed)"
     script:
         "../scripts/extract.py"

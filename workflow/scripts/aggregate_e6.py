@@ -1,7 +1,7 @@
-"""Rule aggregate (E6): merge the per-layer ESS tables and measure the ESS drop at each
-delimiter against each control (ess.delimiters.delimiter_drop), with bootstrap CIs
-(ess.delimiters.summarise_drops) and the correlation with bigram recall across models
-(ess.stats.correlation_with_ci).
+"""Rule aggregate (E6): read the ESS tables, sequences and recall scores, and write what the
+statistics of ess.modulation make of them: the drop at every boundary (per layer and over
+layers, at every tau and entropy-ESS), its bootstrap summaries, the boundary-aligned profile per
+layer group, the hierarchy test and the correlation of the drop with recall.
 
 Layer -1 stands for the mean over layers ("average ESS", docs/method.md §2.4); every trace is the
 mean over the heads/channels of a layer.
@@ -10,21 +10,17 @@ mean over the heads/channels of a layer.
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sequence_io import read_sequence
 from workflow_job import record, start
 
-from ess.delimiters import delimiter_drop, summarise_drops
+from ess import modulation
 from ess.provenance import atomic_output
-from ess.stats import correlation_with_ci
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 p = smk.params
-METRICS = ("ess_tolerance", "ess_entropy")
-MEASURES = ("drop", "drop_vs_control")
-ALL_LAYERS = -1
+METRICS = ["ess_tolerance", "ess_entropy"]  # every layer
 
 
 def write(frame: pd.DataFrame, path: str) -> None:
@@ -35,125 +31,83 @@ def write(frame: pd.DataFrame, path: str) -> None:
             frame.to_parquet(temporary, index=False)
 
 
-# --- traces: mean over heads per layer, and over layers ---------------------------------------
 ess = pd.concat([pd.read_parquet(path) for path in smk.input.ess], ignore_index=True)
-keys = ["model", "task", "seed", "layer", "position"]
-per_layer = ess.groupby(keys, as_index=False)[[*METRICS, "tss"]].mean()
-over_layers = (
-    per_layer.groupby(["model", "task", "seed", "position"], as_index=False)[[*METRICS, "tss"]]
-    .mean()
-    .assign(layer=ALL_LAYERS)
-)
-traces = pd.concat([per_layer, over_layers], ignore_index=True)[[*keys, *METRICS, "tss"]]
+tau_metrics = [column for column in ess.columns if column.startswith("ess_tau_")]
+traces = modulation.layer_traces(ess, [*METRICS, *tau_metrics, "tss"])
 
-# --- sequences: the boundaries of each delimiter and of its controls --------------------------
 sequences = {}
 for path in smk.input.sequences:
     parts = Path(path).parts  # results/sequences/{model}/{delimiter}/seed{seed}.json
-    model, delimiter, seed = parts[-3], parts[-2], int(Path(path).stem.removeprefix("seed"))
-    sequences[model, delimiter, seed] = read_sequence(path)
-reference = p.delimiters[0]  # the controls were captured from this delimiter's sequence file
-for (model, delimiter, seed), sequence in sequences.items():
-    for control in p.controls:
-        captured = sequences[model, reference, seed].controls[control].input_ids
-        if not np.array_equal(sequence.controls[control].input_ids, captured):
-            raise ValueError(
-                f"control {control!r} of {delimiter!r} ({model}, seed {seed}) differs from the "
-                f"one captured with {reference!r}: controls must not depend on the delimiter"
-            )
+    seed = int(Path(path).stem.removeprefix("seed"))
+    sequences[parts[-3], parts[-2], seed] = read_sequence(path)
+modulation.check_controls(sequences, reference=p.delimiters[0])
 
-# --- the drop at every boundary -------------------------------------------------------------
-trace_of = {key: frame for key, frame in traces.groupby(["model", "task", "seed", "layer"])}
-rows = []
-for (model, delimiter, seed), sequence in sequences.items():
-    for layer in sorted(traces.loc[traces["model"] == model, "layer"].unique()):
-        for control in p.controls:
-            for metric in METRICS:
-                drops = delimiter_drop(
-                    trace_of[model, delimiter, seed, layer],
-                    sequence.boundaries,
-                    trace_of[model, control, seed, layer],
-                    sequence.controls[control].boundaries,
-                    before=p.before,
-                    after=p.after,
-                    boundary_margin=p.boundary_margin,
-                    seq_len=sequence.length,
-                    control_seq_len=sequence.controls[control].length,
-                    value=metric,
-                )
-                rows.append(
-                    drops.assign(
-                        model=model,
-                        delimiter=delimiter,
-                        control=control,
-                        seed=seed,
-                        layer=layer,
-                        metric=metric,
-                    )
-                )
-boundaries = pd.concat(rows, ignore_index=True)
+# --- the drop at every boundary: every layer at METRICS, the mean over layers at every tau --
+windows = dict(before=p.before, after=p.after, boundary_margin=p.boundary_margin)
+boundaries = pd.concat(
+    [
+        modulation.boundary_drops(traces, sequences, p.controls, METRICS, **windows),
+        modulation.boundary_drops(
+            traces[traces["layer"] == modulation.ALL_LAYERS],
+            sequences,
+            p.controls,
+            tau_metrics,
+            **windows,
+        ),
+    ],
+    ignore_index=True,
+)
+stats = dict(n_boot=p.n_boot, confidence=p.confidence, seed=p.seed)
+by_layer = modulation.summarise_drops_by(
+    boundaries, ["model", "delimiter", "control", "metric", "layer"], **stats
+)
 
-# --- bootstrap CIs over boundaries (seeds pooled) -------------------------------------------
-group_keys = ["model", "delimiter", "control", "metric", "layer"]
-summaries = []
-for key, group in boundaries.groupby(group_keys):
-    for measure in MEASURES:
-        summary = summarise_drops(group, measure, p.n_boot, p.confidence, p.seed)
-        summary = summary.rename_axis("boundaries").reset_index()
-        summaries.append(summary.assign(**dict(zip(group_keys, key, strict=True)), measure=measure))
-by_layer = pd.concat(summaries, ignore_index=True)
-by_layer = by_layer[[*group_keys, "measure", "boundaries", "n", "mean", "lo", "hi"]]
+# --- per model (mean over layers), with bigram recall -----------------------------------------
+by_model = by_layer[by_layer["layer"] == modulation.ALL_LAYERS].drop(columns="layer")
+recall_columns = ["recall_gain", "recall_gain_lo", "recall_gain_hi", "ppl_ratio", "n_second"]
+recall = pd.DataFrame(
+    [json.loads(Path(path).read_text()) for path in smk.input.recall],
+    columns=["model", *recall_columns],
+)
+by_model = by_model.merge(recall, on="model", how="left")
+by_layer = by_layer[by_layer["metric"].isin(METRICS)]
 
-# --- per model (mean over layers), with bigram recall ---------------------------------------
-by_model = by_layer[by_layer["layer"] == ALL_LAYERS].drop(columns="layer")
-if smk.input.recall:
-    recall = pd.DataFrame([json.loads(Path(path).read_text()) for path in smk.input.recall])
-    # with several seeds: the mean gain, and the mean of the per-seed token-bootstrap bounds
-    # (wider than the interval of the mean over seeds: a conservative band)
-    recall = recall.groupby("model", as_index=False)[
-        ["recall_gain", "recall_gain_lo", "recall_gain_hi", "ppl_ratio", "ppl_first", "ppl_second"]
-    ].mean()
-    by_model = by_model.merge(recall, on="model", how="left")
-else:
-    by_model = by_model.assign(
-        recall_gain=np.nan, recall_gain_lo=np.nan, recall_gain_hi=np.nan, ppl_ratio=np.nan
-    )
+# --- the drop against recall, over the models whose recall is measured -------------------------
+interior = by_model[(by_model["boundaries"] == "interior") & by_model["metric"].isin(METRICS)]
+correlation = modulation.recall_correlations(
+    interior, p.correlation, p.n_boot, p.seed, p.confidence
+)
 
-# --- correlation of the drop with recall across models --------------------------------------
-correlations = []
-interior = by_model[by_model["boundaries"] == "interior"]
-for (delimiter, control, metric, measure), group in interior.groupby(
-    ["delimiter", "control", "metric", "measure"]
-):
-    group = group.dropna(subset=["mean", "recall_gain"])
-    row = {"delimiter": delimiter, "control": control, "metric": metric, "measure": measure}
-    row |= {"method": p.correlation, "n_models": len(group), "r": np.nan, "lo": np.nan}
-    row |= {"hi": np.nan, "note": ""}
-    try:
-        r, lo, hi = correlation_with_ci(
-            group["mean"], group["recall_gain"], p.correlation, p.n_boot, p.seed, p.confidence
-        )
-        row |= {"r": r, "lo": lo, "hi": hi}
-    except ValueError as error:  # fewer than 3 models, or a constant column
-        row["note"] = str(error)
-    correlations.append(row)
-correlation = pd.DataFrame(correlations)
+# --- the boundary-aligned profile per layer group -----------------------------------------------
+profiles = modulation.boundary_profiles(
+    modulation.group_traces(traces, METRICS),
+    sequences,
+    p.controls,
+    p.offsets,
+    METRICS,
+    p.boundary_margin,
+)
+profile = modulation.summarise_profiles(profiles, **stats)
+
+# --- the hierarchy: each delimiter, and all pooled, against the first control ------------------
+main_metrics = boundaries[boundaries["metric"].isin(METRICS)]  # every tau: e6_drop_by_tau
+hierarchy = modulation.hierarchy_table(main_metrics, p.hierarchy, p.controls[0], **stats)
 
 out = smk.output
-write(traces, out.traces)
-write(boundaries, out.boundaries)
 for frame, paths in (
+    (traces, (out.traces,)),
+    (boundaries, (out.boundaries,)),
     (by_layer, (out.by_layer, out.by_layer_csv)),
     (by_model, (out.by_model, out.by_model_csv)),
     (correlation, (out.correlation, out.correlation_csv)),
+    (profile, (out.profile, out.profile_csv)),
+    (hierarchy, (out.hierarchy, out.hierarchy_csv)),
 ):
     for path in paths:
         write(frame, path)
-outputs = [out.traces, out.boundaries, out.by_layer, out.by_layer_csv, out.by_model]
-outputs += [out.by_model_csv, out.correlation, out.correlation_csv]
 record(
     smk,
-    outputs,
+    [path for name, path in out.items() if name != "manifests"],
     inputs=[*smk.input.ess, *smk.input.sequences, *smk.input.recall],
     started=started,
     seeds={"bootstrap": p.seed},

@@ -1,34 +1,48 @@
-"""Rule bigram_recall: the model's bigram-recall score on one E6 sequence
-(ess.text.bigram_recall), as JSON."""
+"""Rule bigram_recall: the model's bigram-recall score (ess.text.bigram_recall) over the
+sequences of one E6 task for passage orders 0 .. orders-1, scored together, as JSON."""
 
 import json
 from pathlib import Path
 
-from sequence_io import read_sequence
+import torch
+from transformers import AutoTokenizer
 from workflow_job import load_model, record, start
 
+from ess.delimiters import build_delimited_sequence
 from ess.provenance import atomic_output
-from ess.text import bigram_recall
+from ess.text import bigram_recall, corpus_provenance, load_passages
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
-sequence = read_sequence(smk.input.sequence, smk.params.condition)
+p = smk.params
+tokenizer = AutoTokenizer.from_pretrained(
+    smk.input.model, trust_remote_code=p.trust_remote_code, local_files_only=True
+)
+rows = []
+for seed in range(p.orders):
+    passages = load_passages(p.min_chars, p.max_chars, seed=seed, split="eval")
+    sequence = build_delimited_sequence(
+        tokenizer, passages, p.delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
+    )
+    chosen = sequence if p.condition == "delimited" else sequence.controls[p.condition]
+    rows.append(chosen.input_ids)
 model = load_model(smk)  # a transformers model or an ess.models.LanguageModel
 score = bigram_recall(
     model,
-    sequence.input_ids,
-    min_distance=smk.params.min_distance,
-    n_boot=smk.params.n_boot,
-    confidence=smk.params.confidence,
-    seed=smk.params.seed,
+    torch.cat(rows),
+    min_distance=p.min_distance,
+    n_boot=p.n_boot,
+    confidence=p.confidence,
+    seed=p.seed,
 )
-result = {"model": smk.wildcards.model, "seed": int(smk.wildcards.seed), **score}
+result = {"model": smk.wildcards.model, "orders": p.orders, **score}
 with atomic_output(Path(smk.output.recall)) as temporary:
     temporary.write_text(json.dumps(result, indent=2) + "\n")
 record(
     smk,
     [smk.output.recall],
-    inputs=[smk.input.model, smk.input.sequence],
+    inputs=[smk.input.model],
     started=started,
-    seeds={"bootstrap": smk.params.seed},
+    seeds={"bootstrap": p.seed, "passages": list(range(p.orders))},
+    corpus=corpus_provenance(),
 )

@@ -1,5 +1,6 @@
-"""Rule capture_operators: run the model ONCE on the task's token sequence and save the factors
-of every layer's operator (ess.hf.capture_operators, ess.hf.save_operators)."""
+"""Rule capture_operators: run the model ONCE on each seed's token sequence of the task and save
+the factors of every layer's operator (ess.hf.capture_operators, ess.hf.save_operators), one
+file per seed."""
 
 from pathlib import Path
 
@@ -11,16 +12,18 @@ from ess.provenance import atomic_output
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
-sequence = read_sequence(smk.input.sequence, smk.params.condition)
 model = load_model(smk)
-ops = capture_operators(model, sequence.input_ids)
-with atomic_output(Path(smk.output.operators)) as temporary:
-    save_operators(ops, temporary)
-record(
-    smk,
-    [smk.output.operators],
-    inputs=[smk.input.model, smk.input.sequence],
-    started=started,
-    n_tokens=sequence.length,
-    n_operators=len(ops),
-)
+for sequence_file, output in zip(smk.input.sequences, smk.output.operators, strict=True):
+    sequence = read_sequence(sequence_file, smk.params.condition)
+    ops = capture_operators(model, sequence.input_ids)
+    with atomic_output(Path(output)) as temporary:
+        save_operators(ops, temporary)
+    record(
+        smk,
+        [output],
+        inputs=[smk.input.model, sequence_file],
+        started=started,
+        n_tokens=sequence.length,
+        n_operators=len(ops),
+    )
+    print(f"{output}: {len(ops)} operators", flush=True)

@@ -1,6 +1,6 @@
-"""Rule make_sequence: passages of the shipped corpus (ess.text.load_passages, its "eval" entries:
-the models trained here never saw them) joined by one delimiter, with its controls
-(ess.delimiters.build_delimited_sequence), as a JSON file."""
+"""Rule make_sequence: for every seed, passages of the shipped corpus (ess.text.load_passages,
+its "eval" entries: the models trained here never saw them) in that seed's order, joined by one
+delimiter, with its controls (ess.delimiters.build_delimited_sequence), as one JSON file each."""
 
 from pathlib import Path
 
@@ -14,28 +14,25 @@ from ess.text import corpus_provenance, load_passages
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
-seed = int(smk.wildcards.seed)
+p = smk.params
 tokenizer = AutoTokenizer.from_pretrained(
-    smk.input.model, trust_remote_code=smk.params.trust_remote_code, local_files_only=True
+    smk.input.model, trust_remote_code=p.trust_remote_code, local_files_only=True
 )
-passages = load_passages(smk.params.min_chars, smk.params.max_chars, seed=seed, split="eval")
-sequence = build_delimited_sequence(
-    tokenizer,
-    passages,
-    smk.wildcards.delimiter,
-    smk.params.n_tokens,
-    seed=seed,
-    add_bos=smk.params.add_bos,
-)
-with atomic_output(Path(smk.output.sequence)) as temporary:
-    write_sequence(sequence, temporary)
-record(
-    smk,
-    [smk.output.sequence],
-    inputs=[smk.input.model],
-    started=started,
-    seeds={"passages": seed, "order": seed},
-    corpus=corpus_provenance(),
-    n_boundaries=len(sequence.boundaries),
-    separator=sequence.separator_text,
-)
+for seed, output in zip(p.seeds, smk.output.sequences, strict=True):
+    passages = load_passages(p.min_chars, p.max_chars, seed=seed, split="eval")
+    sequence = build_delimited_sequence(
+        tokenizer, passages, smk.wildcards.delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
+    )
+    with atomic_output(Path(output)) as temporary:
+        write_sequence(sequence, temporary)
+    record(
+        smk,
+        [output],
+        inputs=[smk.input.model],
+        started=started,
+        seeds={"passages": seed, "order": seed},
+        corpus=corpus_provenance(),
+        n_boundaries=len(sequence.boundaries),
+        separator=sequence.separator_text,
+    )
+    print(f"seed {seed}: {len(sequence.boundaries)} boundaries", flush=True)

@@ -6,6 +6,7 @@ Imported by the scripts of workflow/scripts/ (Snakemake puts that folder on sys.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -23,6 +24,7 @@ def start(smk) -> float:
         stream=log, level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True
     )
     logging.info("rule %s, wildcards %s", smk.rule, dict(smk.wildcards.items()))
+    logging.info("outputs %s", json.dumps(list(smk.output)))  # how `ess status` finds this log
     return started
 
 

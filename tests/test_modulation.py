@@ -1,0 +1,232 @@
+"""ess.modulation (E6's statistics) and the offsets, positions and profiles of ess.delimiters."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import kendalltau
+from test_delimiters import PASSAGES, WordTokenizer
+
+from ess import modulation
+from ess.delimiters import (
+    boundary_profile,
+    build_delimited_sequence,
+    offset_mask,
+    offset_splits,
+    reset_bound,
+    trace_positions,
+)
+from ess.stats import bootstrap_mean_ci, excludes_zero, minimum_detectable_effect
+
+OFFSETS = [-8, -4, -2, -1, 0, 1, 2, 4, 8]
+
+
+# ---------------------------------------------------------------------------------------------
+# Offsets and positions
+
+
+def test_offsets_follow_the_window_convention():
+    # boundary [p, n] = [9, 12]: a two-token delimiter at 10, 11; the next passage starts at 12
+    splits = offset_splits(np.array([[9, 12]]), [-3, -1, 0, 1, 3])
+    # o = -1: the state after the last passage token 9 (split 10); 0: after the delimiter
+    # (split 12); 1: after the next passage's first token 12 (split 13)
+    assert splits.tolist() == [[8, 10, 12, 13, 15]]
+
+
+def test_offset_mask_keeps_each_offset_inside_its_two_passages():
+    spans = np.array([[0, 10], [12, 20], [22, 40]])  # passages; delimiters at 10-11, 20-21
+    bounds = np.array([[9, 12], [19, 22]])
+    mask = offset_mask(bounds, spans, [-12, -10, -1, 0, 1, 8, 9], length=40)
+    # boundary 0: o=-10 reads token 0 (passage 0 starts there), o=-12 would read token -2;
+    # o=8 reads token 19 (passage 1's last), o=9 token 20 (the next delimiter)
+    assert mask[0].tolist() == [False, True, True, True, True, True, False]
+    # boundary 1: o=-10 reads token 10 (a delimiter), o=-8 would be the first inside
+    assert mask[1].tolist() == [False, False, True, True, True, True, True]
+
+
+def test_trace_positions_are_the_offsets_plus_a_coarse_stride():
+    tokenizer = WordTokenizer(PASSAGES)
+    seq = build_delimited_sequence(tokenizer, PASSAGES, "eos", n_tokens=300, seed=0)
+    positions = trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 50)
+    splits = offset_splits(seq.boundaries, OFFSETS)[
+        offset_mask(seq.boundaries, seq.passage_spans, OFFSETS, seq.length)
+    ]
+    assert set(splits) | set(range(1, 300, 50)) == set(positions.tolist())
+    assert np.all(np.diff(positions) > 0) and positions[0] >= 1 and positions[-1] <= 299
+    assert len(positions) < 299  # only what the statistics use
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 0)
+
+
+def test_boundary_profile_reads_the_trace_at_each_offset():
+    spans = np.array([[0, 30], [31, 60], [61, 100]])
+    bounds = np.array([[29, 31], [59, 61]])
+    trace = pd.Series(np.arange(1, 100) * 10.0, index=np.arange(1, 100))  # value = 10 * split
+    profile = boundary_profile(trace, bounds, spans, 100, OFFSETS)
+    assert len(profile) == 2 * len(OFFSETS)
+    expected = offset_splits(bounds, OFFSETS).reshape(-1) * 10.0
+    np.testing.assert_array_equal(profile["value"].to_numpy(), expected)
+
+
+def test_reset_bound_is_the_distance_to_the_reset():
+    assert reset_bound(np.array([1, 5, 9, 10, 12]), 10).tolist() == [9, 5, 1, 0, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_kendall_tau_matches_scipy_without_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.normal(size=7), rng.normal(size=7)
+        assert modulation.kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic)
+    assert modulation.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    with pytest.raises(ValueError, match="same length >= 2"):
+        modulation.kendall_tau([1.0], [1.0])
+
+
+def test_hierarchy_test_finds_the_stated_order_and_its_reverse():
+    rng = np.random.default_rng(1)
+    order = ["sa", "gla", "wla", "la"]
+    samples = {m: 3.0 - k + 0.1 * rng.normal(size=40) for k, m in enumerate(order)}
+    held = modulation.hierarchy_test(samples, order, n_boot=200, confidence=0.95, seed=0)
+    assert held["tau"] == 1.0 and held["lo"] == 1.0 and held["significant"]
+    assert held["p_permutation"] == pytest.approx(1 / 24)  # only the stated order has tau 1
+    reversed_ = modulation.hierarchy_test(samples, order[::-1], 200, 0.95, 0)
+    assert reversed_["tau"] == -1.0 and reversed_["p_permutation"] == 1.0
+    noise = {m: rng.normal(size=40) for m in order}  # no order: a wide interval around 0
+    unclear = modulation.hierarchy_test(noise, order, 500, 0.95, 0)
+    assert unclear["lo"] < 0 < unclear["hi"] and not unclear["significant"]
+    with pytest.raises(ValueError, match=r"\['la'\] have no drops"):
+        modulation.hierarchy_test({m: samples[m] for m in order[:3]}, order, 10, 0.95, 0)
+
+
+def test_hierarchy_permutation_p_counts_orders_at_least_as_concordant():
+    means = {"a": [3.0], "b": [1.0], "c": [2.0]}  # tau vs a > b > c: (1 + 1 - 1) / 3
+    result = modulation.hierarchy_test(means, ["a", "b", "c"], 10, 0.95, 0)
+    taus = [
+        modulation.kendall_tau([3, 1, 2], -np.array(p)) for p in itertools.permutations(range(3))
+    ]
+    assert result["tau"] == pytest.approx(1 / 3)
+    assert result["p_permutation"] == pytest.approx(np.mean(np.array(taus) >= 1 / 3 - 1e-12))
+
+
+def test_recall_correlation_uses_only_models_with_measured_recall():
+    drops = pd.DataFrame(
+        {
+            "model": list("abcdef"),
+            "mean": [0.1, 0.2, 0.3, 0.4, 5.0, -5.0],
+            "recall_gain": [1.0, 2.0, 3.0, 4.0, 0.1, 0.2],
+            "recall_gain_lo": [0.5, 1.5, 2.5, 3.5, -0.5, -0.4],  # e, f: intervals around 0
+            "recall_gain_hi": [1.5, 2.5, 3.5, 4.5, 0.7, 0.8],
+        }
+    )
+    result = modulation.recall_correlation(drops, "spearman", 200, 0, 0.95)
+    assert (result["n_models"], result["n_measured"]) == (6, 4)
+    assert result["r"] == pytest.approx(1.0) and result["models"] == "a, b, c, d"
+    too_few = modulation.recall_correlation(drops.iloc[2:], "spearman", 200, 0, 0.95)
+    assert too_few["n_measured"] == 2 and np.isnan(too_few["r"]) and "at least 3" in too_few["note"]
+
+
+def test_excludes_zero_and_the_minimum_detectable_effect():
+    assert excludes_zero(0.1, 0.5) and excludes_zero(-0.5, -0.1)
+    assert not excludes_zero(-0.1, 0.5) and not excludes_zero(np.nan, 1.0)
+    # 30 draws of SD 1: the 95% interval's half-width ~ 1.96 / sqrt(30), the MDE at 80% power
+    # ~ 2.80 / sqrt(30) = 0.51
+    x = np.random.default_rng(2).normal(size=30)
+    x = (x - x.mean()) / x.std()
+    _, lo, hi = bootstrap_mean_ci(x, 4000, 0.95, 0)
+    assert minimum_detectable_effect(lo, hi) == pytest.approx(2.80 / np.sqrt(30), rel=0.1)
+    with pytest.raises(ValueError, match="power"):
+        minimum_detectable_effect(0.0, 1.0, power=1.0)
+
+
+def test_layer_groups_are_thirds():
+    assert modulation.layer_groups(range(6)) == {
+        0: "early",
+        1: "early",
+        2: "middle",
+        3: "middle",
+        4: "late",
+        5: "late",
+    }
+    assert set(modulation.layer_groups(range(4)).values()) == {"early", "middle", "late"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole chain on traces with a known drop
+
+
+def synthetic_traces(sequences, step):
+    """ESS per split: 10 everywhere, minus `step` for the 8 splits after each delimiter in the
+    delimited sequence only; two layers (layer 1 twice layer 0's drop)."""
+    rows = []
+    for (model, delimiter, seed), seq in sequences.items():
+        for task, built in [(delimiter, seq), *seq.controls.items()]:
+            ess = np.full(built.length - 1, 10.0)
+            if task == delimiter:
+                for _p, n in built.boundaries:
+                    ess[n : n + 8] -= step  # splits n+1 .. n+8 (index = split - 1)
+            for layer in (0, 1):
+                value = 10.0 + (layer + 1) * (ess - 10.0)
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "model": model,
+                            "task": task,
+                            "seed": seed,
+                            "layer": layer,
+                            "head": 0,
+                            "position": np.arange(1, built.length),
+                            "ess_tolerance": value,
+                            "ess_entropy": value / 2,
+                        }
+                    )
+                )
+    return modulation.layer_traces(pd.concat(rows), ["ess_tolerance", "ess_entropy"])
+
+
+def test_the_chain_recovers_a_known_drop_and_profile():
+    tokenizer = WordTokenizer(PASSAGES)
+    sequences = {
+        ("m", "eos", seed): build_delimited_sequence(tokenizer, PASSAGES, "eos", 400, seed=seed)
+        for seed in (0, 1)
+    }
+    modulation.check_controls(sequences, "eos")
+    traces = synthetic_traces(sequences, step=3.0)
+    metrics = ["ess_tolerance", "ess_entropy"]
+    drops = modulation.boundary_drops(traces, sequences, ["removed"], metrics, 8, 8, 16)
+    interior = drops[~drops["near_end"]]
+    assert set(drops["layer"]) == {0, 1, modulation.ALL_LAYERS}
+    expected = {0: 3.0, 1: 6.0, modulation.ALL_LAYERS: 4.5}
+    for layer, value in expected.items():
+        tolerance = interior[(interior["layer"] == layer) & (interior["metric"] == metrics[0])]
+        np.testing.assert_allclose(tolerance["drop_vs_control"], value)
+    summary = modulation.summarise_drops_by(
+        drops, ["model", "delimiter", "control", "metric", "layer"], 100, 0.95, 0
+    )
+    row = summary[
+        (summary["layer"] == -1)
+        & (summary["metric"] == "ess_entropy")
+        & (summary["measure"] == "drop_vs_control")
+        & (summary["boundaries"] == "interior")
+    ].iloc[0]
+    assert row["mean"] == pytest.approx(2.25) and row["significant"]
+    assert row["n"] == interior["boundary"].groupby(interior["seed"]).nunique().sum()
+
+    profiles = modulation.boundary_profiles(
+        modulation.group_traces(traces, metrics), sequences, ["removed"], OFFSETS, metrics, 16
+    )
+    profile = modulation.summarise_profiles(profiles, 100, 0.95, 0)
+    line = profile[
+        (profile["group"] == "all")
+        & (profile["metric"] == "ess_tolerance")
+        & (profile["condition"] == "delimited")
+    ].set_index("offset")["mean"]
+    assert line.loc[[-8, -1, 0]].tolist() == [10.0, 10.0, 10.0]
+    assert line.loc[[1, 4, 8]].tolist() == [5.5, 5.5, 5.5]  # 10 - 4.5
+    control = profile[(profile["condition"] == "removed") & (profile["group"] == "all")]
+    assert np.allclose(control.loc[control["metric"] == "ess_tolerance", "mean"], 10.0)
+    assert set(profile["group"]) == {"all", "early", "middle"}  # 2 layers: no late third
