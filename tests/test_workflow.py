@@ -84,10 +84,10 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "e6_drop_vs_recall": 1,
         "e6_hierarchy": 1,
         "e6_drop_by_tau": 1,
-        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct runs
+        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct cells x 3 seeds
         "make_task_split": 4,
-        "train": 30,
-        "measure_ess": 30,
+        "train": 90,
+        "measure_ess": 90,
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,
