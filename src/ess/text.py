@@ -404,6 +404,36 @@ def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, seq_len: int) 
     return total / (windows.shape[0] * seq_len)
 
 
+def language_model_configs(
+    train: dict, n_layers: int, vocab_size: int, device: str = "cpu"
+) -> tuple[Any, Any]:
+    """(ModelConfig, TrainConfig) of a small LM from a config's models.<name>.train entry
+    (schema $defs/language_model): the one place that maps those keys to the dataclasses, for
+    rule train_language_model and for the check before any job (ess.workflow_config)."""
+    from ess.models import ModelConfig
+    from ess.train import TrainConfig
+
+    model_config = ModelConfig(
+        vocab_size=vocab_size,
+        d_model=train["d_model"],
+        n_layers=n_layers,
+        layers=train["layers"],
+        n_heads=train["n_heads"],
+        state_size=train["state_size"],
+    )
+    train_config = TrainConfig(
+        steps=train["steps"],
+        batch_size=train["batch_size"],
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        warmup_steps=train["warmup_steps"],
+        seed=train["seed"],
+        log_every=train.get("log_every", 0),
+        device=device,
+    )
+    return model_config, train_config
+
+
 def train_language_model(
     model_config: Any, tokens: torch.Tensor, seq_len: int, train_config: Any
 ) -> tuple[Any, list[float]]:

@@ -57,27 +57,11 @@ def check_models(config: dict) -> None:
 def check_language_model(name: str, model: dict, passages: dict) -> None:
     """models.<name>.train: the ModelConfig and TrainConfig that rule train_language_model
     builds (workflow/scripts/train_language_model.py), and the heads E6 will find."""
-    from ess.models import ModelConfig
-    from ess.train import TrainConfig
+    from ess.text import language_model_configs
 
     train = model["train"]
     try:
-        ModelConfig(
-            vocab_size=train["vocab_size"],
-            d_model=train["d_model"],
-            n_layers=model["n_layers"],
-            layers=train["layers"],
-            n_heads=train["n_heads"],
-            state_size=train["state_size"],
-        )
-        TrainConfig(
-            steps=train["steps"],
-            batch_size=train["batch_size"],
-            lr=train["lr"],
-            weight_decay=train["weight_decay"],
-            warmup_steps=train["warmup_steps"],
-            seed=train["seed"],
-        )
+        language_model_configs(train, model["n_layers"], train["vocab_size"])
     except ValueError as error:
         raise ValueError(
             f"config key models.{name}.train = {train} (with models.{name}.n_layers = "

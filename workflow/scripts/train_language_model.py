@@ -8,16 +8,15 @@ import torch
 from workflow_job import record, start
 
 from ess.fetch import save_language_model
-from ess.models import ModelConfig
 from ess.text import (
     corpus_provenance,
+    language_model_configs,
     language_model_stream,
     load_passages,
     next_token_loss,
     train_language_model,
     train_tokenizer,
 )
-from ess.train import TrainConfig
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
@@ -32,24 +31,7 @@ streams = {
     split: language_model_stream(tokenizer, texts, seed=t["seed"])
     for split, texts in passages.items()
 }
-model_config = ModelConfig(
-    vocab_size=len(tokenizer),
-    d_model=t["d_model"],
-    n_layers=p.n_layers,
-    layers=t["layers"],
-    n_heads=t["n_heads"],
-    state_size=t["state_size"],
-)
-train_config = TrainConfig(
-    steps=t["steps"],
-    batch_size=t["batch_size"],
-    lr=t["lr"],
-    weight_decay=t["weight_decay"],
-    warmup_steps=t["warmup_steps"],
-    seed=t["seed"],
-    log_every=t["log_every"],
-    device=p.device,
-)
+model_config, train_config = language_model_configs(t, p.n_layers, len(tokenizer), p.device)
 model, losses = train_language_model(model_config, streams["train"], t["seq_len"], train_config)
 eval_loss = next_token_loss(model, streams["eval"], t["seq_len"])
 print(f"final train loss {losses[-1]:.3f}, eval loss {eval_loss:.3f} nats/token", flush=True)
