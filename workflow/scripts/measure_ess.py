@@ -1,13 +1,13 @@
 """Rule measure_ess: the ESS of every layer of a trained synthetic-task model on the first
-n test sequences, at every tau (ess.synthetic.model_ess)."""
+n test sequences, at every tau (ess.measure.model_ess)."""
 
 from pathlib import Path
 
 import torch
 from workflow_job import record, start
 
+from ess.measure import model_ess
 from ess.provenance import atomic_output
-from ess.synthetic import model_ess
 from ess.tasks import load_split
 from ess.train import load_checkpoint
 
