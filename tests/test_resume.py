@@ -1,13 +1,15 @@
 """A real run interrupted twice, then resumed with the plain command and no extra flag.
 
 The target is the smallest of the workflow that spends long enough in one job to be
-interrupted there: the synthetic runs table of two MQAR runs (2 task splits, 2 `train` jobs of
-~10 s each, 2 `measure_ess`, the aggregate and one notebook), at one core so jobs run one at a
-time. Three interruptions, each in a run of the plain `snakemake --cores 1 <target>`:
+interrupted there: the synthetic runs table of two MQAR runs (2 task splits, 2 `train_synthetic`
+jobs of ~10 s each, 2 `measure_synthetic_ess`, the aggregate and one notebook), at one core so
+jobs run one at a time. Three interruptions, each in a run of the plain
+`snakemake --cores 1 <target>`:
 
-1. Ctrl-C (SIGINT to snakemake's process group, as a terminal sends it) while the second `train`
-   job runs (the first has finished);
-2. SIGKILL of the `train` job's own process (`ess status` must show it running, with its log);
+1. Ctrl-C (SIGINT to snakemake's process group, as a terminal sends it) while the second
+   `train_synthetic` job runs (the first has finished);
+2. SIGKILL of the `train_synthetic` job's own process (`ess status` must show it running,
+   with its log);
 3. SIGKILL of snakemake just after its job finished, before it could record that (it is held
    with SIGSTOP while the job ends; a lost login node, `kill -9`, or the issue's Ctrl-C at the
    wrong moment): complete outputs stay marked incomplete, which without rerun-incomplete (set
@@ -77,7 +79,7 @@ def wait_until(condition, what: str, run: subprocess.Popen | None = None):
 
 
 def train_log(workdir: Path, run: str) -> Path:
-    return workdir / "results" / "logs" / "train" / f"{run}.log"
+    return workdir / "results" / "logs" / "train_synthetic" / f"{run}.log"
 
 
 def finished(workdir: Path, run: str) -> bool:
@@ -111,13 +113,13 @@ def descendants(pid: int) -> list[int]:
 
 
 def train_process(snakemake_pid: int) -> int | None:
-    """The python process running rule train's script (.snakemake/scripts/tmp*.train.py)."""
+    """The python process running rule train_synthetic's script (tmp*.train_synthetic.py)."""
     for pid in descendants(snakemake_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg.endswith(b".train.py") for arg in cmdline):
+        if any(arg.endswith(b".train_synthetic.py") for arg in cmdline):
             return pid
     return None
 
@@ -192,7 +194,7 @@ def test_interrupted_run_resumes_with_the_plain_command(tmp_path):
     os.kill(pid, signal.SIGSTOP)  # held mid-job while `ess status` looks (a dry run: seconds)
     status = ess_status(tmp_path)
     assert f"results/train/{interrupted}/" in status, status
-    assert f"results/logs/train/{interrupted}.log" in status, status
+    assert f"results/logs/train_synthetic/{interrupted}.log" in status, status
     assert re.search(r"train\s+1 done\s+1 to run", status), status
     os.kill(pid, signal.SIGKILL)
     assert stop(second) != 0
@@ -211,7 +213,7 @@ def test_interrupted_run_resumes_with_the_plain_command(tmp_path):
     assert_what_looks_complete_is_right(tmp_path)
     status = ess_status(tmp_path)
     assert "outputs marked incomplete): 1" in status, status
-    assert f"results/logs/train/{interrupted}.log (changed" in status, status
+    assert f"results/logs/train_synthetic/{interrupted}.log (changed" in status, status
     assert "locked" in status, status  # the killed run's lock: it says how to lift it
     unlock = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path)]

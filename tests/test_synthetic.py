@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
+from ess.experiments import memory_items, run_configs
 from ess.measure import model_ess
 from ess.metric import effective_state_size_naive
 from ess.models import LanguageModel, ModelConfig, materialise
-from ess.synthetic import memory_items, run_configs, runs_table
+from ess.synthetic import runs_table
 from ess.tasks import TaskConfig
 
 

@@ -1,5 +1,6 @@
-"""ess.synthetic's statistics for the figures: run selection, correlations that survive
-degenerate data, and the verdicts on the paper's claims, on small hand-made tables."""
+"""ess.synthetic's statistics for the figures (run selection, correlations that survive
+degenerate data), ess.verdicts on the paper's claims and ess.captions, on small hand-made
+tables."""
 
 import math
 
@@ -7,29 +8,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ess.captions import notebook_settings, settings_text
 from ess.synthetic import (
     accuracy_correlations,
-    collapse_verdict,
-    combined_verdict,
     correlation_table,
-    correlation_verdict,
     distillation_table,
-    distillation_verdict,
     experiment_runs,
     failure_mode_table,
-    featurisation_verdict,
-    first_layer_attention_verdict,
     hybrid_table,
     layer_table,
     model_level,
     pooled,
     reference_runs,
-    regulariser_of,
     regulariser_table,
-    regulariser_verdict,
-    settings_text,
     smoothed_curves,
     tolerance_correlations,
+)
+from ess.verdicts import (
+    collapse_verdict,
+    combined_verdict,
+    correlation_verdict,
+    distillation_verdict,
+    featurisation_verdict,
+    first_layer_attention_verdict,
+    regulariser_verdict,
     verdicts_by_tolerance,
 )
 
@@ -198,31 +200,15 @@ def test_featurisation_verdict():
     assert featurisation_verdict(no_s6[no_s6["mixer"] != "S6"], 0.5).verdict.startswith("undefined")
 
 
-@pytest.mark.parametrize(
-    ("variant", "expected"),
-    [
-        ("base", (0.0, "all")),
-        ("reg0.1", (0.1, "all")),
-        ("reg1-layers0", (1.0, "0")),
-        ("reg1e-05-layers0+1", (1e-5, "0+1")),
-    ],
-)
-def test_regulariser_of(variant, expected):
-    assert regulariser_of(variant) == expected
-
-
-def test_regulariser_of_rejects_other_variants():
-    with pytest.raises(ValueError, match="alpha1"):
-        regulariser_of("alpha1")
-
-
 def e4_runs(utilisation_at_1, accuracy_at_1):
     rows = [
-        ("GLA", v, u, a)
-        for v, u, a in [("base", 0.2, 0.1), ("reg1", utilisation_at_1, accuracy_at_1)]
+        ("GLA", "base", 0.0, "all", 0.2, 0.1),
+        ("GLA", "reg1", 1.0, "all", utilisation_at_1, accuracy_at_1),
+        ("GLA", "reg1-layers0", 1.0, "0", 0.9, 0.9),
+        ("LA", "base", 0.0, "all", 0.5, 0.4),
     ]
-    rows += [("GLA", "reg1-layers0", 0.9, 0.9), ("LA", "base", 0.5, 0.4)]
-    runs = pd.DataFrame(rows, columns=["mixer", "variant", "utilisation", "test_accuracy"])
+    columns = ["mixer", "variant", "reg_lambda", "reg_layers", "utilisation", "test_accuracy"]
+    runs = pd.DataFrame(rows[::-1], columns=columns)  # regulariser_table sorts them
     runs["task"], runs["difficulty"], runs["state_size"], runs["seed"] = "mqar", "kv8", 32.0, 0
     return runs
 
@@ -377,7 +363,8 @@ def test_settings_text_states_the_config():
         "e2": {"learned_accuracy": 0.5, "saturation_utilisation": 0.4},
     }
     stats = {"n_boot": 100, "confidence": 0.9}
-    settings = {"synthetic": synthetic, "tolerance": 1e-3, "relative": True, "stats": stats}
+    config = {"synthetic": synthetic, "ess": {"tolerance": 1e-3, "relative": True}}
+    settings = notebook_settings({**config, "stats": stats})
     text = settings_text(settings, "e8")
     for part in ("mqar kv8 (num_kv_pairs=8), seq_len=64", "mixers SA, GLA", "TSS [8, 32]"):
         assert part in text
@@ -386,4 +373,5 @@ def test_settings_text_states_the_config():
     assert "saturation: ESS/TSS >= 0.4" in settings_text(settings, "e2")
     assert settings_text({}, "e1") == ""
     del synthetic["train"]["lr"], synthetic["model"]["n_heads"]  # the dataclasses' defaults
+    settings = notebook_settings({**config, "stats": stats})
     assert "lr 0.003" in settings_text(settings) and "1 head(s)" in settings_text(settings)

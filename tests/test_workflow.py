@@ -86,8 +86,8 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "e6_drop_by_tau": 1,
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct cells x 3 seeds
         "make_task_split": 4,
-        "train": 90,
-        "measure_ess": 90,
+        "train_synthetic": 90,
+        "measure_synthetic_ess": 90,
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,

@@ -15,7 +15,35 @@ The Snakefile calls `check_config` on the schema-validated config (workflow/rule
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields, replace
+from pathlib import Path
+
+MODEL_SOURCE_FORMS = (
+    "hf:<repo_id>@<revision>  (pin a 40-hex commit or a tag)",
+    "pypi:<package>==<version>/<file inside the wheel>",
+    "pypi-parts:<package>==<version>/<file>,<package>==<version>/<file>,...",
+    "local:<path>",
+    "train:jargon  (a small ess.models.LanguageModel trained here; settings in "
+    "models.<name>.train)",
+)
+
+
+def check_model_sources(config: dict, schema: str | Path) -> None:
+    """Raise a ValueError naming the config key of the first malformed model source; the
+    pattern is the config schema's (`schema`: its path), the one definition."""
+    import yaml
+
+    definitions = yaml.safe_load(Path(schema).read_text())["$defs"]
+    pattern = definitions["model"]["properties"]["source"]["pattern"]
+    for name, model in (config.get("models") or {}).items():
+        source = model.get("source") if isinstance(model, dict) else None
+        if isinstance(source, str) and not re.fullmatch(pattern, source):
+            forms = "\n  ".join(MODEL_SOURCE_FORMS)
+            raise ValueError(
+                f"config key models.{name}.source = {source!r} is not a model source. "
+                f"Allowed forms:\n  {forms}"
+            )
 
 
 def check_config(config: dict) -> None:

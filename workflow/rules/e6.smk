@@ -4,6 +4,14 @@
 # extracted by the rules of operators.smk; aggregate turns ESS per position into drops at the
 # delimiters with bootstrap CIs; one rule per figure or table runs its notebook.
 
+# What E6 publishes: results/figures/<name>.{png,pdf} and results/tables/<name>.{csv,md,tex}.
+E6_FIGURES = [
+    "e6_delimiter_traces",
+    "e6_boundary_profile",
+    "e6_drop_by_layer",
+    "e6_drop_vs_recall",
+]
+E6_TABLES = ["e6_delimiter_drop", "e6_hierarchy", "e6_drop_by_tau"]
 E6_AGGREGATE = {
     # ESS per evaluated split position, mean over the heads/channels of each layer
     "traces": "results/aggregate/e6_traces.parquet",

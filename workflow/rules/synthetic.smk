@@ -1,8 +1,27 @@
 # E1-E5, E7, E8: synthetic tasks -> trained models -> ESS of every trained layer -> one table of
-# runs -> a notebook per figure or table. The runs and their specs come from the `synthetic`
-# config section, expanded by synthetic_grid() in common.smk (runs shared by experiments train
-# once). A run key is a path: {task}/{difficulty}/{mixer pattern}/{tss}/{variant}/seed{seed}.
+# runs -> a notebook per figure or table. ess.experiments expands the `synthetic` config section
+# into runs, {key: Run} (runs shared by experiments train once). A run key is also its results
+# path: {task}/{difficulty}/{mixer pattern}/{tss}/{variant}/seed{seed}.
 
+from ess.captions import notebook_settings
+from ess.experiments import (
+    check_runs,
+    published,
+    run_inputs,
+    run_of,
+    run_path,
+    synthetic_grid,
+    task_fields,
+    task_split_path,
+)
+
+SYNTHETIC_RUNS = synthetic_grid(config["synthetic"])
+check_runs(
+    SYNTHETIC_RUNS, config["ess"]["tolerance"], config["synthetic"]["ess"]["tolerances"]
+)
+SYNTHETIC_FIGURES, SYNTHETIC_TABLES = published(SYNTHETIC_RUNS)
+# The config behind the numbers, stated in the notebooks' captions.
+SYNTHETIC_SETTINGS = notebook_settings(config)
 SYNTHETIC_AGGREGATE = {
     # one row per run: labels, test scores, mean over layers at ess.tolerance
     "runs": "results/aggregate/synthetic_runs.parquet",
@@ -25,8 +44,11 @@ rule make_task_split:
         mem_mb=resources_for("make_task_split", "mem_mb", 1000),
         runtime=resources_for("make_task_split", "runtime", 5),
     params:
-        task=lambda wildcards: synthetic_task_config(
-            wildcards.task, wildcards.difficulty, "synthetic.tasks"
+        task=lambda wildcards: task_fields(
+            config["synthetic"],
+            wildcards.task,
+            wildcards.difficulty,
+            "synthetic.tasks",
         ),
     message:
         "The {wildcards.split} split of {wildcards.task} at {wildcards.difficulty}"
@@ -34,10 +56,9 @@ rule make_task_split:
         "../scripts/make_task_split.py"
 
 
-rule train:
+rule train_synthetic:
     input:
-        unpack(run_task_splits),
-        teacher=run_teacher,
+        unpack(lambda wildcards: run_inputs(run_of(SYNTHETIC_RUNS, wildcards.run))),
     output:
         model=run_path("{run}", "model.safetensors"),
         curves=run_path("{run}", "curves.csv"),
@@ -47,41 +68,43 @@ rule train:
             for name in ("model.safetensors", "curves.csv", "metrics.json")
         ],
     log:
-        "results/logs/train/{run}.log",
+        "results/logs/train_synthetic/{run}.log",
     benchmark:
-        "results/benchmarks/train/{run}.tsv"
+        "results/benchmarks/train_synthetic/{run}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("train", "threads", 1)
+    threads: resources_for("train_synthetic", "threads", 1)
     resources:
-        mem_mb=resources_for("train", "mem_mb", 2000),
-        runtime=resources_for("train", "runtime", 30),
-        gpu=resources_for("train", "gpu", 0),
+        mem_mb=resources_for("train_synthetic", "mem_mb", 2000),
+        runtime=resources_for("train_synthetic", "runtime", 30),
+        gpu=resources_for("train_synthetic", "gpu", 0),
     params:
-        spec=lambda wildcards: synthetic_run_of(wildcards)["spec"],
-        labels=lambda wildcards: synthetic_run_of(wildcards)["labels"],
+        spec=lambda wildcards: run_of(SYNTHETIC_RUNS, wildcards.run).spec,
+        labels=lambda wildcards: run_of(
+            SYNTHETIC_RUNS, wildcards.run
+        ).labels.job_labels(),
     message:
         "Training {wildcards.run}"
     script:
-        "../scripts/train.py"
+        "../scripts/train_synthetic.py"
 
 
-rule measure_ess:
+rule measure_synthetic_ess:
     input:
         model=run_path("{run}", "model.safetensors"),
         model_manifest=manifest(run_path("{run}", "model.safetensors")),
-        test=lambda wildcards: run_task_splits(wildcards)["test"],
+        test=lambda wildcards: run_inputs(run_of(SYNTHETIC_RUNS, wildcards.run))["test"],
     output:
         ess=run_path("{run}", "ess.parquet"),
         manifest=manifest(run_path("{run}", "ess.parquet")),
     log:
-        "results/logs/measure_ess/{run}.log",
+        "results/logs/measure_synthetic_ess/{run}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("measure_ess", "threads", 1)
+    threads: resources_for("measure_synthetic_ess", "threads", 1)
     resources:
-        mem_mb=resources_for("measure_ess", "mem_mb", 2000),
-        runtime=resources_for("measure_ess", "runtime", 10),
+        mem_mb=resources_for("measure_synthetic_ess", "mem_mb", 2000),
+        runtime=resources_for("measure_synthetic_ess", "runtime", 10),
     params:
         n_sequences=config["synthetic"]["ess"]["n_sequences"],
         tolerances=config["synthetic"]["ess"]["tolerances"],
@@ -89,7 +112,7 @@ rule measure_ess:
     message:
         "ESS of every layer of {wildcards.run}"
     script:
-        "../scripts/measure_ess.py"
+        "../scripts/measure_synthetic_ess.py"
 
 
 rule aggregate_synthetic:
@@ -109,7 +132,13 @@ rule aggregate_synthetic:
         runtime=resources_for("aggregate_synthetic", "runtime", 10),
     params:
         runs=list(SYNTHETIC_RUNS),
-        experiments={key: run["experiments"] for key, run in SYNTHETIC_RUNS.items()},
+        labels={
+            key: {
+                "experiments": ",".join(run.experiments),
+                **run.labels.table_labels(),
+            }
+            for key, run in SYNTHETIC_RUNS.items()
+        },
         tolerance=config["ess"]["tolerance"],
     message:
         "Synthetic runs: one table of accuracy and ESS per run and per layer"
@@ -139,14 +168,18 @@ rule synthetic_figure:
     log:
         "results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(name for names in SYNTHETIC_FIGURES.values() for name in names),
+        name="|".join(SYNTHETIC_FIGURES) or "(?!)",
     conda:
         "../../envs/notebooks.yaml"
     resources:
         mem_mb=resources_for("synthetic_figure", "mem_mb", 2000),
         runtime=resources_for("synthetic_figure", "runtime", 10),
     params:
-        parameters=synthetic_notebook_parameters("figure"),
+        parameters=notebook_parameters(
+            ["notebook", *SYNTHETIC_AGGREGATE],
+            ["png", "pdf"],
+            settings=SYNTHETIC_SETTINGS,
+        ),
     message:
         "Figure {wildcards.name}"
     shell:
@@ -176,14 +209,18 @@ rule synthetic_table:
     log:
         "results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(name for names in SYNTHETIC_TABLES.values() for name in names),
+        name="|".join(SYNTHETIC_TABLES) or "(?!)",
     conda:
         "../../envs/notebooks.yaml"
     resources:
         mem_mb=resources_for("synthetic_table", "mem_mb", 2000),
         runtime=resources_for("synthetic_table", "runtime", 10),
     params:
-        parameters=synthetic_notebook_parameters("table"),
+        parameters=notebook_parameters(
+            ["notebook", *SYNTHETIC_AGGREGATE],
+            ["csv", "md", "tex"],
+            settings=SYNTHETIC_SETTINGS,
+        ),
     message:
         "Table {wildcards.name}"
     shell:

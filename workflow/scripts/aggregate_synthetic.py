@@ -14,8 +14,8 @@ from ess.synthetic import runs_table
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 metrics = [json.loads(Path(path).read_text()) for path in smk.input.metrics]
-for m in metrics:
-    m["experiments"] = ",".join(smk.params.experiments[m["run"]])
+for m in metrics:  # the structured labels of the grid (ess.experiments.Labels) join the scores
+    m.update(smk.params.labels[m["run"]])
     del m["spec"]
 layers = pd.concat([pd.read_parquet(path) for path in smk.input.ess], ignore_index=True)
 runs, layers = runs_table(pd.DataFrame(metrics), layers, smk.params.tolerance)

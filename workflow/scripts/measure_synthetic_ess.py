@@ -1,5 +1,5 @@
-"""Rule measure_ess: the ESS of every layer of a trained synthetic-task model on the first
-n test sequences, at every tau (ess.measure.model_ess)."""
+"""Rule measure_synthetic_ess: the ESS of every layer of a trained synthetic-task model on the
+first n test sequences, at every tau (ess.measure.model_ess)."""
 
 from pathlib import Path
 

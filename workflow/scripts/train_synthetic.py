@@ -1,5 +1,5 @@
-"""Rule train: one synthetic-task run (ess.train.train) from its spec; writes the checkpoint
-(safetensors), the per-step curves and the test scores."""
+"""Rule train_synthetic: one synthetic-task run (ess.train.train) from its spec; writes the
+checkpoint (safetensors), the per-step curves and the test scores."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from workflow_job import record, start
 
+from ess.experiments import memory_items, run_configs
 from ess.provenance import atomic_output
-from ess.synthetic import memory_items, run_configs
 from ess.tasks import load_split
 from ess.train import load_checkpoint, save_checkpoint, train
 
