@@ -106,3 +106,18 @@ def test_the_citation_check_finds_a_missing_section():
         f"a.py: {doc} E3",
         f"a.py: {doc} E9",
     ]
+
+
+CONFIGFILE_THEN_WORD = re.compile(r"--configfiles? +\S+\.ya?ml +(?!#)[\w/.-]+")
+
+
+def test_documented_commands_name_the_target_before_configfile():
+    """`--configfile` takes several files: `--configfile config/paper.yaml all` reads `all` as
+    a config file (FileNotFoundError), so every command in the docs names its target first."""
+    wrong = [
+        f"{path}: {match.group(0)}"
+        for path, text in tracked_texts().items()
+        if path.endswith((".md", ".yaml", ".sh", "Makefile"))
+        for match in CONFIGFILE_THEN_WORD.finditer(text)
+    ]
+    assert not wrong, wrong
