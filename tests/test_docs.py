@@ -108,7 +108,7 @@ def test_the_citation_check_finds_a_missing_section():
     ]
 
 
-CONFIGFILE_THEN_WORD = re.compile(r"--configfiles? +\S+\.ya?ml +(?!#)[\w/.-]+")
+CONFIGFILE_THEN_WORD = re.compile(r"--configfiles? +\S+\.ya?ml +(?![#-])[\w/.-]+")
 
 
 def test_documented_commands_name_the_target_before_configfile():
