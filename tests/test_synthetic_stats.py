@@ -15,6 +15,7 @@ from ess.synthetic import (
     distillation_table,
     experiment_runs,
     failure_mode_table,
+    hybrid_column_name,
     hybrid_table,
     layer_table,
     model_level,
@@ -375,3 +376,9 @@ def test_settings_text_states_the_config():
     del synthetic["train"]["lr"], synthetic["model"]["n_heads"]  # the dataclasses' defaults
     settings = notebook_settings({**config, "stats": stats})
     assert "lr 0.003" in settings_text(settings) and "1 head(s)" in settings_text(settings)
+
+
+def test_hybrid_column_names():
+    assert hybrid_column_name("layer1_ess") == "layer 1 ESS"
+    assert hybrid_column_name("layer0_utilisation") == "layer 0 ESS/TSS"
+    assert hybrid_column_name("mixer") == "pattern" and hybrid_column_name("seed") == "seed"

@@ -307,6 +307,19 @@ def hybrid_table(per_layer: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values(["mixer", "seed"], ignore_index=True)
 
 
+HYBRID_COLUMN_NAMES = {"mixer": "pattern", "test_accuracy": "accuracy"}
+HYBRID_LAYER_COLUMN_NAMES = {"mixer": "mixer", "ess": "ESS", "utilisation": "ESS/TSS"}
+
+
+def hybrid_column_name(column: str) -> str:
+    """The shown name of a `hybrid_table` column: layer0_ess -> "layer 0 ESS", mixer ->
+    "pattern", test_accuracy -> "accuracy"; any other column keeps its name."""
+    if column in HYBRID_COLUMN_NAMES or not column.startswith("layer"):
+        return HYBRID_COLUMN_NAMES.get(column, column)
+    layer, _, value = column.removeprefix("layer").partition("_")
+    return f"layer {layer} {HYBRID_LAYER_COLUMN_NAMES[value]}"
+
+
 def _per_item(level: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """`model_level` rows with the run labels and ESS/kv, entropy-ESS/kv and TSS/kv."""
     level = level.join(labels, on="run")
