@@ -14,21 +14,8 @@ from ess import (
     effective_state_size_ssm,
     metric,
 )
+from ess.kernels import materialise
 from ess.metric import entropy_ess, tolerance_ess
-
-
-def materialise(A, B, C):
-    """T[t, j] = C_t^T A_t .. A_{j+1} B_j, the slow obvious way. A diagonal (..., L, N) or dense."""
-    diagonal = A.dim() == B.dim()
-    length = B.shape[-2]
-    T = torch.zeros(*B.shape[:-2], length, length, dtype=torch.float64)
-    for j in range(length):
-        x = B[..., j, :].double()
-        for t in range(j, length):
-            if t > j:
-                x = A[..., t, :] * x if diagonal else (A[..., t, :, :] @ x[..., None])[..., 0]
-            T[..., t, j] = (C[..., t, :] * x).sum(-1)
-    return T
 
 
 def random_realisation(seed, batch=(2,), length=24, n=4, diagonal=True):
