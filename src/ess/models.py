@@ -24,18 +24,19 @@ Every mixer first applies a short causal depthwise convolution (kernel ModelConf
 previous token, which MQAR needs. The convolution, projections, gates, the skip and the
 per-head output norm (ModelConfig.head_norm) are featurisation: they are not part of T.
 
-Operator convention (what `mixer.operator(x)` returns, x: (batch, L, d_model) the mixer input):
+Operators: `mixer.operator(x, layer)` (x: (batch, L, d_model) the mixer input) and
+`LanguageModel.operators(input_ids)` return an `ess.layers.LayerOperator`:
 
-- attention: {"mixer", "T": (batch, H, L, L), "tss": LongTensor (L,)}: y = T v per head, all
-  d_h value channels of a head share T; tss[i] = i (SA, the KV cache) or min(i, w) (SWA);
-- recurrences: {"mixer", "A", "B", "C": (batch, H, L, N), "tss": N} (+ "D": (H,) for S6): for
-  each of the P value channels u of head H (P = d_model / n_heads; for S6 the "heads" are the
-  d_model channels and P = 1)
+- attention: kind "attention", T: (batch, H, L, L): y = T v per head, all d_h value channels of
+  a head share T;
+- recurrences: kind "ssm", A, B, C: (batch, H, L, N) (+ D: (H,) for S6): for each of the P
+  value channels u of head H (P = d_model / n_heads; for S6 the "heads" are the d_model
+  channels and P = 1)
 
       x_t = A_t * x_{t-1} + B_t u_t,   y_t = C_t . x_t    (A_t diagonal, x_t in R^N)
 
   (+ D u_t for S6). `value_stream(x)` gives u: (batch, H, L, P); `core(x)` gives y before the
-  output projection; `scan(A, B, C, u)` (+ D u) reproduces it.
+  output projection; `ess.kernels.scan(A, B, C, u)` (+ D u) reproduces it.
 
 State size (TSS) = ModelConfig.state_size: d_k per head for LA/WLA/GLA/GLA-S6, d_state for S6.
 """
@@ -48,6 +49,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ess.kernels import attention_matrix, scan, scan_chunked
+from ess.layers import LayerOperator
 
 MIXERS = ("SA", "SWA", "LA", "WLA", "GLA", "S6", "GLA-S6")
 
@@ -102,110 +106,6 @@ class ModelConfig:
                 f"n_layers={self.n_layers}"
             )
         return pattern * (self.n_layers // len(pattern))
-
-
-# ----------------------------------------------------------------------------------------------
-# Diagonal linear recurrences: the slow obvious scan, the materialised T, the chunked form
-
-
-def scan(A: Tensor, B: Tensor, C: Tensor, u: Tensor) -> Tensor:
-    """Sequential reference: x_t = A_t * x_{t-1} + B_t u_t^T, y_t = C_t . x_t.
-
-    A, B, C: (..., L, N); u: (..., L, P) -> y: (..., L, P). The state x_t is (..., N, P): each
-    of the P value channels has its own N-dimensional state driven by the shared (A, B, C).
-    """
-    Bu = (B[..., :, None] * u[..., None, :]).unbind(-3)  # L x (..., N, P)
-    A = A[..., None].unbind(-3)  # L x (..., N, 1); unbind: one backward copy, not one per step
-    state = torch.zeros_like(Bu[0])
-    states = []
-    for A_t, Bu_t in zip(A, Bu, strict=True):
-        state = Bu_t + A_t * state
-        states.append(state)
-    return (C[..., None] * torch.stack(states, dim=-3)).sum(-2)
-
-
-def segment_sum(log_a: Tensor) -> Tensor:
-    """S[..., i, j, n] = sum_{t=j+1..i} log_a[..., t, n] for j <= i, -inf for j > i.
-
-    log_a: (..., L, N) -> (..., L, L, N). Summed directly (not as a difference of cumulative
-    sums) so that long products of small decays lose no precision (as ssd_minimal's segsum).
-    """
-    length = log_a.shape[-2]
-    x = log_a[..., :, None, :].expand(*log_a.shape[:-2], length, length, log_a.shape[-1])
-    strictly_lower = torch.tril(
-        torch.ones(length, length, dtype=torch.bool, device=log_a.device), -1
-    )
-    x = x.masked_fill(~strictly_lower[:, :, None], 0.0)
-    s = torch.cumsum(x, dim=-3)
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=log_a.device))
-    return s.masked_fill(~causal[:, :, None], -math.inf)
-
-
-def materialise(log_a: Tensor, B: Tensor, C: Tensor) -> Tensor:
-    """T[..., i, j] = C_i . (prod_{t=j+1..i} A_t) B_j for j <= i, 0 above the diagonal.
-
-    log_a = log A, B, C: (..., L, N) -> T: (..., L, L).
-    """
-    return torch.einsum("...in,...ijn,...jn->...ij", C, torch.exp(segment_sum(log_a)), B)
-
-
-def scan_parallel(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor) -> Tensor:
-    """The scan of (exp(log_a), B, C) on u computed as T u. u: (..., L, P) -> (..., L, P)."""
-    return materialise(log_a, B, C) @ u
-
-
-# Largest |log prod a_t| inside one chunk for which the factorised intra-chunk form is used:
-# exp(-b_j) stays below exp(60) ~ 1e26 and exp(b_i) above 1e-26, far from float32's limits.
-FACTORISED_LOG_DECAY_LIMIT = 60.0
-
-
-def intra_chunk_operator(log_a: Tensor, B: Tensor, C: Tensor) -> Tensor:
-    """T inside each chunk: (..., c, l, N) each -> (..., c, l, l), 0 above the diagonal.
-
-    With b_i = sum_{t<=i} log a_t (cumulative log decay from the chunk's start),
-    prod_{t=j+1..i} a_t = exp(b_i - b_j), so T = tril((C * exp(b)) (B * exp(-b))^T): one small
-    matmul instead of the (l, l, N) tensor of `materialise`. The factors stay finite while
-    |b| <= FACTORISED_LOG_DECAY_LIMIT; stronger decays (a long product underflows) fall back to
-    the exact segment sum.
-    """
-    b = torch.cumsum(log_a, dim=-2)
-    if b.detach().min() < -FACTORISED_LOG_DECAY_LIMIT:
-        return materialise(log_a, B, C)
-    return torch.tril((C * torch.exp(b)) @ (B * torch.exp(-b)).transpose(-1, -2))
-
-
-def scan_chunked(log_a: Tensor, B: Tensor, C: Tensor, u: Tensor, chunk: int = 16) -> Tensor:
-    """The scan of (exp(log_a), B, C) on u in chunks of `chunk` steps (GLA's chunkwise form).
-
-    log_a, B, C: (..., L, N); u: (..., L, P) -> y: (..., L, P). Inside a chunk, y = T_chunk u
-    (`intra_chunk_operator`); across chunks the state S (..., N, P) is carried by a short loop.
-    Every exponent of the inter-chunk terms is a sum of log decays, hence <= 0.
-    """
-    length = u.shape[-2]
-    pad = (-length) % chunk
-    if pad:
-        log_a, B, C, u = (F.pad(z, (0, 0, 0, pad)) for z in (log_a, B, C, u))
-    batch = torch.broadcast_shapes(log_a.shape[:-2], B.shape[:-2], C.shape[:-2], u.shape[:-2])
-    n, p, n_chunks = B.shape[-1], u.shape[-1], (length + pad) // chunk
-    log_a, B, C = (
-        z.expand(*batch, length + pad, n).unflatten(-2, (n_chunks, chunk)) for z in (log_a, B, C)
-    )
-    u = u.expand(*batch, length + pad, p).unflatten(-2, (n_chunks, chunk))  # (..., c, l, P)
-
-    y_intra = intra_chunk_operator(log_a, B, C) @ u  # diagonal blocks: (..., c, l, P)
-    decay_in = torch.cumsum(log_a, dim=-2)  # log prod_{t<=i} a_t inside the chunk: (..., c, l, N)
-    decay_out = decay_in[..., -1:, :] - decay_in  # log prod_{t>i} a_t to the chunk's end
-    chunk_states = (B * torch.exp(decay_out)).transpose(-1, -2) @ u  # (..., c, N, P)
-    chunk_decay = torch.exp(decay_in[..., -1, :])  # (..., c, N)
-
-    state = u.new_zeros(*batch, n, p)
-    states_in = []
-    for decay_c, state_c in zip(chunk_decay.unbind(-2), chunk_states.unbind(-3), strict=True):
-        states_in.append(state)
-        state = decay_c[..., None] * state + state_c
-    states_in = torch.stack(states_in, dim=-3)  # state entering each chunk: (..., c, N, P)
-    y_inter = (C * torch.exp(decay_in)) @ states_in  # (..., c, l, P)
-    return (y_intra + y_inter).flatten(-3, -2)[..., :length, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,13 +173,7 @@ class Attention(nn.Module):
 
     def attention_matrix(self, q: Tensor, k: Tensor) -> Tensor:
         """T = softmax(q k^T / sqrt(d_h)) with the causal (and window) mask: (b, H, L, L)."""
-        length = q.shape[-2]
-        i = torch.arange(length, device=q.device)
-        allowed = i[:, None] >= i[None, :]
-        if self.window is not None:
-            allowed = allowed & (i[:, None] - i[None, :] < self.window)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        return torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1)
+        return attention_matrix(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), self.window)
 
     def value_stream(self, x: Tensor) -> Tensor:
         """v: (b, H, L, d_h)."""
@@ -293,11 +187,16 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.out(merge_heads(self.core(x)))
 
-    def operator(self, x: Tensor) -> dict:
+    def operator(self, x: Tensor, layer: int) -> LayerOperator:
+        """T: (b, H, L, L) for the mixer input x: (b, L, d_model)."""
         q, k, _ = self._qkv(x)
-        i = torch.arange(x.shape[1], device=x.device)
-        tss = i if self.window is None else torch.clamp(i, max=self.window)
-        return {"mixer": self.kind, "T": self.attention_matrix(q, k), "tss": tss}
+        meta = {
+            "mixer": self.kind,
+            "n_heads": self.n_heads,
+            "length": x.shape[1],
+            "window": self.window,
+        }
+        return LayerOperator(layer, "attention", {"T": self.attention_matrix(q, k)}, meta)
 
     def transitions(self, x: Tensor) -> None:
         """Attention has no state-space realisation of fixed size: no transitions."""
@@ -355,9 +254,16 @@ class LinearAttention(nn.Module):
         """A_t: (b, H, L, N)."""
         return torch.exp(self.log_decay(self.conv(x)))
 
-    def operator(self, x: Tensor) -> dict:
+    def operator(self, x: Tensor, layer: int) -> LayerOperator:
+        """A, B, C: (b, H, L, N) for the mixer input x: (b, L, d_model)."""
         log_a, B, C = self.realisation(x)
-        return {"mixer": self.kind, "A": torch.exp(log_a), "B": B, "C": C, "tss": self.state_size}
+        meta = {
+            "mixer": self.kind,
+            "n_heads": self.n_heads,
+            "length": x.shape[1],
+            "d_state": self.state_size,
+        }
+        return LayerOperator(layer, "ssm", {"A": torch.exp(log_a), "B": B, "C": C}, meta)
 
 
 class WeightedLinearAttention(LinearAttention):
@@ -491,16 +397,17 @@ class S6(nn.Module):
         """A_t: (b, d, L, N)."""
         return torch.exp(self.realisation(x)[0])
 
-    def operator(self, x: Tensor) -> dict:
+    def operator(self, x: Tensor, layer: int) -> LayerOperator:
+        """A, B, C: (b, d, L, N) and the skip D: (d,) for the mixer input x: (b, L, d_model)."""
         log_a, B, C = self.realisation(x)
-        return {
+        tensors = {"A": torch.exp(log_a), "B": B, "C": C, "D": self.D.detach().clone()}
+        meta = {
             "mixer": self.kind,
-            "A": torch.exp(log_a),
-            "B": B,
-            "C": C,
-            "D": self.D.detach().clone(),
-            "tss": self.state_size,
+            "n_heads": len(self.D),
+            "length": x.shape[1],
+            "d_state": self.state_size,
         }
+        return LayerOperator(layer, "ssm", tensors, meta)
 
 
 def make_mixer(kind: str, config: ModelConfig) -> nn.Module:
@@ -587,16 +494,13 @@ class LanguageModel(nn.Module):
         return self.forward_with_mixer_inputs(input_ids)[0]
 
     @torch.no_grad()
-    def operators(self, input_ids: Tensor) -> list[dict]:
-        """Every layer's operator (module docstring) on input_ids (b, L), from one forward.
-
-        Returns [{"layer": l, "mixer", "T" or "A", "B", "C" (, "D"), "tss"}, ...] without
-        gradients (for the ESS core; the regulariser uses `transitions` instead).
-        """
+    def operators(self, input_ids: Tensor) -> list[LayerOperator]:
+        """Every layer's operator (module docstring) on input_ids (b, L), from one forward,
+        without gradients (for the ESS; the regulariser uses `transitions` instead)."""
         _, mixer_inputs = self.forward_with_mixer_inputs(input_ids)
         return [
-            {"layer": i, **block.mixer.operator(x)}
-            for i, (block, x) in enumerate(zip(self.blocks, mixer_inputs, strict=True))
+            block.mixer.operator(x, layer)
+            for layer, (block, x) in enumerate(zip(self.blocks, mixer_inputs, strict=True))
         ]
 
 
