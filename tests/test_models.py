@@ -1,5 +1,6 @@
-"""ess.models: every mixer against the reference mixers of ess.operators (T, realisation, output,
-TSS), its operator against its own output, the model's shapes and causality, the regulariser."""
+"""ess.models and ess.mixers: every mixer against its reference in ess.operators (T, realisation,
+output, TSS), its operator against its own output, the model's shapes and causality, the
+regulariser."""
 
 import math
 
@@ -9,13 +10,8 @@ import torch.nn.functional as F
 
 from ess import operators as ops
 from ess.kernels import scan
-from ess.models import (
-    MIXERS,
-    LanguageModel,
-    ModelConfig,
-    split_heads,
-    state_transition_regulariser,
-)
+from ess.mixers import MIXERS, split_heads
+from ess.models import LanguageModel, ModelConfig, state_transition_regulariser
 
 SMALL = {"vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2, "state_size": 4, "window": 5}
 
