@@ -57,6 +57,16 @@ if TYPE_CHECKING:
 MIXERS = ("SA", "SWA", "LA", "WLA", "GLA", "S6", "GLA-S6")
 
 
+def _layer_operator(layer: int, mixer: str, tensors: dict, size: dict) -> LayerOperator:
+    """A mixer's LayerOperator from its tensors, T (attention) or A, B, C (b, H, L, ...):
+    meta is mixer, n_heads and length (from the tensors' shape), then `size` (window or
+    d_state), in the key order that E6's operator files were written with."""
+    kind = "attention" if "T" in tensors else "ssm"
+    _, n_heads, length = tensors["T" if kind == "attention" else "A"].shape[:3]
+    meta = {"mixer": mixer, "n_heads": n_heads, "length": length, **size}
+    return LayerOperator(layer, kind, tensors, meta)
+
+
 class ShortConv(nn.Module):
     """Causal depthwise convolution over time, kernel k (identity if k == 0). (b, L, d) -> same.
 
@@ -135,13 +145,8 @@ class Attention(nn.Module):
     def operator(self, x: Tensor, layer: int) -> LayerOperator:
         """T: (b, H, L, L) for the mixer input x: (b, L, d_model)."""
         q, k, _ = self._qkv(x)
-        meta = {
-            "mixer": self.kind,
-            "n_heads": self.n_heads,
-            "length": x.shape[1],
-            "window": self.window,
-        }
-        return LayerOperator(layer, "attention", {"T": self.attention_matrix(q, k)}, meta)
+        T = self.attention_matrix(q, k)
+        return _layer_operator(layer, self.kind, {"T": T}, {"window": self.window})
 
     def transitions(self, x: Tensor) -> None:
         """Attention has no state-space realisation of fixed size: no transitions."""
@@ -202,13 +207,8 @@ class LinearAttention(nn.Module):
     def operator(self, x: Tensor, layer: int) -> LayerOperator:
         """A, B, C: (b, H, L, N) for the mixer input x: (b, L, d_model)."""
         log_a, B, C = self.realisation(x)
-        meta = {
-            "mixer": self.kind,
-            "n_heads": self.n_heads,
-            "length": x.shape[1],
-            "d_state": self.state_size,
-        }
-        return LayerOperator(layer, "ssm", {"A": torch.exp(log_a), "B": B, "C": C}, meta)
+        tensors = {"A": torch.exp(log_a), "B": B, "C": C}
+        return _layer_operator(layer, self.kind, tensors, {"d_state": self.state_size})
 
 
 class WeightedLinearAttention(LinearAttention):
@@ -346,13 +346,7 @@ class S6(nn.Module):
         """A, B, C: (b, d, L, N) and the skip D: (d,) for the mixer input x: (b, L, d_model)."""
         log_a, B, C = self.realisation(x)
         tensors = {"A": torch.exp(log_a), "B": B, "C": C, "D": self.D.detach().clone()}
-        meta = {
-            "mixer": self.kind,
-            "n_heads": len(self.D),
-            "length": x.shape[1],
-            "d_state": self.state_size,
-        }
-        return LayerOperator(layer, "ssm", tensors, meta)
+        return _layer_operator(layer, self.kind, tensors, {"d_state": self.state_size})
 
 
 def make_mixer(kind: str, config: ModelConfig) -> nn.Module:
