@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from ess import operators as ops
-from ess.kernels import materialise
-from ess.metric import (
+from ess import (
     effective_state_size,
     effective_state_size_naive,
     effective_state_size_ssm,
 )
+from ess import operators as ops
+from ess.kernels import materialise
 
 L = 20
 HEADS, CHANNELS, D_K, D_V, D_STATE = 3, 4, 5, 2, 3

@@ -15,9 +15,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ess.dense_path import effective_state_size
 from ess.layers import Channels, LayerOperator
-from ess.metric import EssResult, effective_state_size, effective_state_size_ssm, tolerance_ess
+from ess.metric import EssResult, tolerance_ess
 from ess.models import LanguageModel
+from ess.realisation_path import effective_state_size_ssm
 
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -36,12 +38,12 @@ def layer_ess(
     `positions` (splits in 1 .. L-1; position_stride is then not used).
 
     Attention has no small realisation: T (..., H, L, L) goes through the dense path
-    (ess.metric.effective_state_size) by its eigenvalue route, since both tolerance- and
+    (ess.dense_path.effective_state_size) by its eigenvalue route, since both tolerance- and
     entropy-ESS are wanted (the count route, entropy=False, would skip the entropy). A
-    recurrence goes through its realisation (ess.metric.effective_state_size_ssm); T is never
-    built, and S6's skip D, on T's diagonal, is left out. spectrum=True keeps the singular
-    values: tolerance-ESS at any other tau is then ess.metric.tolerance_ess of them, at no
-    further decomposition. `channels` picks heads/channels (LayerOperator.matrix).
+    recurrence goes through its realisation (ess.realisation_path.effective_state_size_ssm);
+    T is never built, and S6's skip D, on T's diagonal, is left out. spectrum=True keeps the
+    singular values: tolerance-ESS at any other tau is then ess.metric.tolerance_ess of them,
+    at no further decomposition. `channels` picks heads/channels (LayerOperator.matrix).
 
     Returns the EssResult ((..., H, P): batch dims, then heads/channels) and the TSS at each
     evaluated split (LayerOperator.tss): (P,) int64.

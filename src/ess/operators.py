@@ -8,7 +8,7 @@ Each mixer gets two functions:
 - `<mixer>_forward(...)`: the mixer's own computation (attention kernel, recurrent scan, direct
   convolution), the slow, obvious reference that `T` must reproduce.
 
-Realisation convention (the one `ess.metric.effective_state_size_ssm` uses), t = 0 .. L-1 and
+Realisation convention (the one `ess.effective_state_size_ssm` uses), t = 0 .. L-1 and
 x_{-1} = 0:
 
     x_t = A_t x_{t-1} + B_t u_t,    y_t = C_t . x_t
