@@ -38,12 +38,17 @@ FeatureMap = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Operator:
-    """A mixer's causal operator.
+    """A reference mixer's causal operator: T and its realisation side by side, so that each can
+    be checked against the other and against the mixer's forward computation.
 
     T: (..., L, L) lower-triangular, y = T u per channel.
     realisation: (A, B, C) in the module's convention, or None when no fixed-size state exists.
     tss: the state size per channel; an int for fixed-size states, else a (L-1,) int64 tensor
-        with the state size at each split position i = 1 .. L-1 (the KV cache of attention).
+        with the state size at each split position i = 1 .. L-1 (the KV cache of attention):
+        the convention of docs/method.md §1.4, which ess.layers.LayerOperator.tss follows too.
+
+    A model layer's operator is an ess.layers.LayerOperator instead: one stored form (T, a
+    realisation, or the factors a transformers model computes), its layer index and meta.
     """
 
     T: Tensor
