@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from ess import EssResult, effective_state_size, effective_state_size_ssm
 from ess import operators as ops
-from ess.metric import EssResult, effective_state_size, effective_state_size_ssm
 
 L = 24
 # Exact-rank tests count the singular values above RANK_TOL * s_1. The dense path resolves

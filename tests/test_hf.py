@@ -30,6 +30,9 @@ from transformers import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ess import effective_state_size, effective_state_size_naive, effective_state_size_ssm, hf
+from ess.kernels import scan
+from ess.layers import LayerOperator, attention_operator, load_operators, save_operators
+from ess.measure import layer_ess
 from ess.metric import tolerance_ess
 
 LENGTH = 12
@@ -183,17 +186,16 @@ def ssm_references(model, ids) -> dict[int, dict[str, torch.Tensor]]:
     return refs
 
 
-def assert_ssm_matches(op: hf.LayerOperator, ref: dict[str, torch.Tensor]) -> None:
+def assert_ssm_matches(op: LayerOperator, ref: dict[str, torch.Tensor]) -> None:
     """Scan the captured realisation on the captured input u and compare with the torch path."""
-    A, B, C = hf.layer_realisation(op)  # (channels or heads, L, N)
+    A, B, C = op.realisation()  # (channels or heads, L, N)
     u, skip = op.tensors["u"], op.tensors["D"]
     if op.meta["mixer"] == "mamba":
-        y = hf.ssm_scan(A, B, C, u.T).T + skip * u  # (L, D)
+        y = scan(A, B, C, u.T[..., None])[..., 0].T + skip * u  # (L, D)
         torch.testing.assert_close(y * F.silu(ref["gate"]), ref["out_in"], atol=1e-5, rtol=1e-4)
         return
-    per_channel = u.permute(1, 2, 0)  # (H, P, L): all P channels of a head share (A, B, C)
-    y = hf.ssm_scan(A[:, None], B[:, None], C[:, None], per_channel).permute(2, 0, 1)
-    y = y + skip[:, None] * u  # (L, H, P)
+    per_head = u.transpose(0, 1)  # (H, L, P): all P channels of a head share (A, B, C)
+    y = scan(A, B, C, per_head).transpose(0, 1) + skip[:, None] * u  # (L, H, P)
     torch.testing.assert_close(y.reshape(LENGTH, -1), ref["y"], atol=1e-5, rtol=1e-4)
 
 
@@ -204,7 +206,7 @@ def test_attention_matrices_equal_eager_attention_weights(family):
     assert [(op.layer, op.kind) for op in ops] == [(i, "attention") for i in range(len(ops))]
     assert [op.meta["window"] for op in ops] == EXPECTED_WINDOWS[family]
     for op, weights in zip(ops, eager_attention_weights(model, ids), strict=True):
-        T = hf.layer_operator_matrix(op)
+        T = op.matrix()
         assert T.shape == (4, LENGTH, LENGTH)
         torch.testing.assert_close(T, weights, atol=1e-6, rtol=1e-5)
         assert torch.all(T.triu(1) == 0)
@@ -236,7 +238,7 @@ def test_multimodal_gemma3_captures_its_text_decoder():
     ops = hf.capture_operators(model, ids)
     assert [op.meta["window"] for op in ops] == EXPECTED_WINDOWS["gemma3_text"]
     for op, weights in zip(ops, eager_attention_weights(model, ids), strict=True):
-        torch.testing.assert_close(hf.layer_operator_matrix(op), weights, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(op.matrix(), weights, atol=1e-6, rtol=1e-5)
 
 
 def test_sdpa_model_gives_the_same_factors_as_eager():
@@ -256,17 +258,17 @@ def test_gqa_keys_are_stored_per_kv_head():
     op = hf.capture_operators(tiny_model(ATTENTION_CONFIGS["llama"]()), token_ids())[0]
     assert op.tensors["q"].shape == (4, LENGTH, 16) and op.tensors["k"].shape == (2, LENGTH, 16)
     assert (op.meta["n_heads"], op.meta["n_kv_heads"], op.meta["scale"]) == (4, 2, 16**-0.5)
-    some_heads = hf.layer_operator_matrix(op, channels=torch.tensor([3, 0]))
-    torch.testing.assert_close(some_heads, hf.layer_operator_matrix(op)[[3, 0]])
+    some_heads = op.matrix(torch.tensor([3, 0]))
+    torch.testing.assert_close(some_heads, op.matrix()[[3, 0]])
 
 
 def test_attention_operator_softcap_and_sinks_are_probability_rows():
     q, k = torch.randn(2, 6, 8), torch.randn(1, 6, 8)
-    plain = hf.attention_operator(q, k, scale=0.5)
+    plain = attention_operator(q, k, scale=0.5)
     torch.testing.assert_close(plain.sum(-1), torch.ones(2, 6))
-    capped = hf.attention_operator(q, k, scale=0.5, softcap=1.0)
+    capped = attention_operator(q, k, scale=0.5, softcap=1.0)
     assert not torch.allclose(capped, plain)
-    sunk = hf.attention_operator(q, k, scale=0.5, sinks=torch.tensor([0.0, 3.0]))
+    sunk = attention_operator(q, k, scale=0.5, sinks=torch.tensor([0.0, 3.0]))
     assert torch.all(sunk.sum(-1) < 1) and torch.all(sunk.triu(1) == 0)
 
 
@@ -286,29 +288,22 @@ def test_ssm_realisation_scan_equals_torch_path(family):
 @pytest.mark.parametrize("family", ["mamba", "mamba2"])
 def test_ssm_operator_matrix_applies_like_the_scan(family):
     op = hf.capture_operators(tiny_model(SSM_CONFIGS[family]()), token_ids())[0]
-    A, B, C = hf.layer_realisation(op, channels=slice(0, 3))
+    A, B, C = op.realisation(slice(0, 3))
     assert A.shape == B.shape == C.shape == (3, LENGTH, 8)
-    T = hf.layer_operator_matrix(op, channels=slice(0, 3))  # (3, L, L)
+    T = op.matrix(slice(0, 3))  # (3, L, L)
     u = torch.randn(3, LENGTH, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(T @ u[..., None], hf.ssm_scan(A, B, C, u)[..., None])
+    torch.testing.assert_close(T @ u[..., None], scan(A, B, C, u[..., None]))
     assert torch.all(T.triu(1) == 0) and torch.all(T.tril(-1).abs().sum((-1, -2)) > 0)
 
 
 @pytest.mark.parametrize("family", ["mamba", "mamba2"])
 def test_realisation_and_materialised_operator_give_the_same_ess(family):
     op = hf.capture_operators(tiny_model(SSM_CONFIGS[family]()), token_ids())[0]
-    from_realisation = effective_state_size_ssm(*hf.layer_realisation(op, channels=slice(0, 3)))
-    materialised = hf.layer_operator_matrix(op, channels=slice(0, 3)).double()
+    from_realisation = effective_state_size_ssm(*op.realisation(slice(0, 3)))
+    materialised = op.matrix(slice(0, 3)).double()
     from_matrix = effective_state_size(materialised)
     assert torch.equal(from_realisation.tolerance, from_matrix.tolerance)
     torch.testing.assert_close(from_realisation.entropy, from_matrix.entropy, atol=1e-5, rtol=0)
-
-
-def test_ssm_operator_survives_underflowed_transitions():
-    A = torch.tensor([[0.5], [0.0], [0.5], [0.5]])  # A_1 = exp(dt a) underflowed to 0
-    T = hf.ssm_operator(A, torch.ones(4, 1), torch.ones(4, 1))
-    expected = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0.5, 1, 0], [0, 0.25, 0.5, 1]])
-    torch.testing.assert_close(T, expected)
 
 
 def test_mamba_factors_have_documented_shapes_and_no_inputs_by_default():
@@ -331,7 +326,7 @@ def test_hybrid_layer_kinds_and_operators(family):
     assert [(op.layer, op.kind) for op in ops] == EXPECTED_KINDS[family]
     attention = [op for op in ops if op.kind == "attention"]
     for op, weights in zip(attention, eager_attention_weights(model, ids), strict=True):
-        torch.testing.assert_close(hf.layer_operator_matrix(op), weights, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(op.matrix(), weights, atol=1e-6, rtol=1e-5)
     refs = ssm_references(model, ids)
     for op in ops:
         if op.kind == "ssm":
@@ -359,39 +354,41 @@ def test_capture_leaves_the_model_and_transformers_as_found():
 
 
 def test_tss_per_mixer():
+    """docs/method.md §1.4: attention's TSS is the KV cache at each split i = 1 .. L-1, an SSM's
+    its state size."""
     ops = hf.capture_operators(tiny_model(ATTENTION_CONFIGS["gemma3_text"]()), token_ids())
-    positions = torch.arange(LENGTH)
-    assert torch.equal(hf.tss(ops[0]), positions.clamp(max=WINDOW))  # sliding
-    assert torch.equal(hf.tss(ops[1], length=20), torch.arange(20))  # global
+    splits = torch.arange(1, LENGTH)
+    assert torch.equal(ops[0].tss, splits.clamp(max=WINDOW))  # sliding
+    assert torch.equal(ops[1].tss, splits)  # global
     ssm = hf.capture_operators(tiny_model(SSM_CONFIGS["mamba2"]()), token_ids())[0]
-    assert hf.tss(ssm) == 8
+    assert ssm.tss == 8
     with pytest.raises(ValueError, match="no fixed-size realisation"):
-        hf.layer_realisation(ops[0])
+        ops[0].realisation()
 
 
 def test_save_load_round_trip(tmp_path):
     model, ids = tiny_model(HYBRID_CONFIGS["bamba"]()), token_ids()
     ops = hf.capture_operators(model, ids, keep_inputs=True)
     path = tmp_path / "operators.safetensors"
-    hf.save_operators(ops, path)
-    loaded = hf.load_operators(path)
+    save_operators(ops, path)
+    loaded = load_operators(path)
     assert [(op.layer, op.kind, op.meta) for op in loaded] == [
         (op.layer, op.kind, op.meta) for op in ops
     ]
     for a, b in zip(ops, loaded, strict=True):
         torch.testing.assert_close(a.tensors, b.tensors, rtol=0, atol=0)
-        torch.testing.assert_close(hf.layer_operator_matrix(a), hf.layer_operator_matrix(b))
-    assert [op.layer for op in hf.load_operators(path, layers=[1])] == [1]
+        torch.testing.assert_close(a.matrix(), b.matrix())
+    assert [op.layer for op in load_operators(path, layers=[1])] == [1]
     with pytest.raises(ValueError, match=r"no operator of layer\(s\) \[7\]"):
-        hf.load_operators(path, layers=[1, 7])
+        load_operators(path, layers=[1, 7])
 
 
 @pytest.mark.parametrize("family", ["llama", "mamba"])
 def test_layer_ess_takes_the_path_of_the_mixer_and_matches_the_naive_definition(family):
     configs = {**ATTENTION_CONFIGS, **SSM_CONFIGS}
     op = hf.capture_operators(tiny_model(configs[family]()), token_ids())[0]
-    result, state_size = hf.layer_ess(op, channels=slice(0, 2), position_stride=3)
-    T = hf.layer_operator_matrix(op, channels=slice(0, 2)).double()
+    result, state_size = layer_ess(op, channels=slice(0, 2), position_stride=3)
+    T = op.matrix(slice(0, 2)).double()
     naive = effective_state_size_naive(T, positions=range(1, LENGTH, 3))
     assert torch.equal(result.positions, naive.positions)
     assert torch.equal(result.tolerance, naive.tolerance)
@@ -406,13 +403,13 @@ def test_layer_ess_at_chosen_positions_and_other_taus_from_the_kept_spectrum(fam
     configs = {**ATTENTION_CONFIGS, **SSM_CONFIGS}
     op = hf.capture_operators(tiny_model(configs[family]()), token_ids())[0]
     chosen = [1, 2, 7, LENGTH - 1]
-    result, state_size = hf.layer_ess(op, channels=slice(0, 2), positions=chosen, spectrum=True)
-    T = hf.layer_operator_matrix(op, channels=slice(0, 2)).double()
+    result, state_size = layer_ess(op, channels=slice(0, 2), positions=chosen, spectrum=True)
+    T = op.matrix(slice(0, 2)).double()
     naive = effective_state_size_naive(T, positions=chosen)
     assert result.positions.tolist() == chosen and len(state_size) == len(chosen)
     assert torch.equal(result.tolerance, naive.tolerance)
     for tau in (1e-1, 1e-6):
-        other, _ = hf.layer_ess(op, channels=slice(0, 2), tol=tau, positions=chosen)
+        other, _ = layer_ess(op, channels=slice(0, 2), tol=tau, positions=chosen)
         assert torch.equal(tolerance_ess(result.spectrum, tau), other.tolerance)
 
 
@@ -440,7 +437,7 @@ def test_language_model_operators_rebuild_the_mixers_outputs(layers):
     _, mixer_inputs = model.forward_with_mixer_inputs(ids)
     for op, block, x in zip(ops, model.blocks, mixer_inputs, strict=True):
         u = block.mixer.value_stream(x)[0]  # (H, L, P)
-        y = hf.layer_operator_matrix(op) @ u
+        y = op.matrix() @ u
         if "D" in op.tensors:
             y = y + op.tensors["D"][:, None, None] * u
         torch.testing.assert_close(y, block.mixer.core(x)[0], rtol=1e-4, atol=1e-5)
@@ -451,10 +448,10 @@ def test_language_model_operators_rebuild_the_mixers_outputs(layers):
 @pytest.mark.parametrize("layers", ["SWA", "GLA", "S6"])
 def test_language_model_layer_ess_matches_the_naive_definition_after_a_round_trip(layers, tmp_path):
     ops = hf.capture_operators(tiny_language_model(layers), token_ids())
-    hf.save_operators(ops, tmp_path / "operators.safetensors")
-    op = hf.load_operators(tmp_path / "operators.safetensors", layers=[1])[0]
-    result, state_size = hf.layer_ess(op, channels=slice(0, 2))
-    naive = effective_state_size_naive(hf.layer_operator_matrix(op, slice(0, 2)).double())
+    save_operators(ops, tmp_path / "operators.safetensors")
+    op = load_operators(tmp_path / "operators.safetensors", layers=[1])[0]
+    result, state_size = layer_ess(op, channels=slice(0, 2))
+    naive = effective_state_size_naive(op.matrix(slice(0, 2)).double())
     assert torch.equal(result.tolerance, naive.tolerance)
     if op.kind == "attention":  # SWA: the KV cache is capped by the window
         assert op.meta["window"] == WINDOW

@@ -9,26 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ess import (
+    dense_path,
     effective_state_size,
     effective_state_size_naive,
     effective_state_size_ssm,
-    metric,
 )
+from ess.kernels import materialise
 from ess.metric import entropy_ess, tolerance_ess
-
-
-def materialise(A, B, C):
-    """T[t, j] = C_t^T A_t .. A_{j+1} B_j, the slow obvious way. A diagonal (..., L, N) or dense."""
-    diagonal = A.dim() == B.dim()
-    length = B.shape[-2]
-    T = torch.zeros(*B.shape[:-2], length, length, dtype=torch.float64)
-    for j in range(length):
-        x = B[..., j, :].double()
-        for t in range(j, length):
-            if t > j:
-                x = A[..., t, :] * x if diagonal else (A[..., t, :, :] @ x[..., None])[..., 0]
-            T[..., t, j] = (C[..., t, :] * x).sum(-1)
-    return T
 
 
 def random_realisation(seed, batch=(2,), length=24, n=4, diagonal=True):
@@ -70,13 +57,13 @@ def test_dense_path_equals_definition_on_attention(seed, window):
 def test_dense_path_keeps_to_one_thread_when_given_one(monkeypatch):
     """A workflow job with threads: 1 must not run its two sweeps on two threads."""
     sweep_threads = set()
-    column_grams = metric._column_grams
+    column_grams = dense_path._column_grams
 
     def recording(T, splits):
         sweep_threads.add(threading.get_ident())
         yield from column_grams(T, splits)
 
-    monkeypatch.setattr(metric, "_column_grams", recording)
+    monkeypatch.setattr(dense_path, "_column_grams", recording)
     T = random_attention(0, length=200)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -147,13 +134,13 @@ def test_count_route_certifies_s1_where_it_dominates_and_falls_back_where_not(mo
     """Random softmax heads: s_1 certified by the power iteration at every position; heads
     that retrieve single tokens: s_1 not certifiable, the eigenvalues are computed."""
     fallbacks = []
-    eigenvalues = metric._symmetric_eigenvalues
+    eigenvalues = dense_path._symmetric_eigenvalues
 
     def recording(gram):
         fallbacks.append(gram.shape[-1])
         return eigenvalues(gram)
 
-    monkeypatch.setattr(metric, "_symmetric_eigenvalues", recording)
+    monkeypatch.setattr(dense_path, "_symmetric_eigenvalues", recording)
     effective_state_size(random_attention(0, length=60), entropy=False)
     assert fallbacks == []
     T = retrieval_attention(length=60)
@@ -170,9 +157,9 @@ def test_positive_pivots_count_positive_eigenvalues(seed):
     A = (X + X.T).numpy()
     A[range(40), range(40)] *= 1e-3  # a small diagonal: Bunch-Kaufman picks 2x2 blocks
     expected = int((torch.linalg.eigvalsh(torch.from_numpy(A)) > 0).sum())
-    _, ipiv, _ = metric.scipy.linalg.lapack.dsytrf(A, lower=1)
+    _, ipiv, _ = dense_path.scipy.linalg.lapack.dsytrf(A, lower=1)
     assert (ipiv < 0).any()
-    assert metric._positive_pivots(A.copy()) == expected
+    assert dense_path._positive_pivots(A.copy()) == expected
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -181,7 +168,7 @@ def test_top_eigenvalue_bracket_holds(seed):
     H = T[:, 30:, :30]
     G = H.transpose(0, 2, 1) @ H
     top = torch.linalg.eigvalsh(torch.from_numpy(G))[:, -1].numpy()
-    mu, certified, _ = metric._top_eigenvalue(G, metric.np.ones((4, 30)), rtol=1e-10)
+    mu, certified, _ = dense_path._top_eigenvalue(G, dense_path.np.ones((4, 30)), rtol=1e-10)
     assert certified.all()
     assert (mu <= top * (1 + 1e-14)).all() and (top <= mu * (1 + 1e-10)).all()
 

@@ -1,18 +1,17 @@
-"""ess.models: every mixer's operator reproduces its output; scans agree; the regulariser."""
+"""ess.models and ess.mixers: every mixer against its reference in ess.operators (T, realisation,
+output, TSS), its operator against its own output, the model's shapes and causality, the
+regulariser."""
+
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ess.models import (
-    MIXERS,
-    LanguageModel,
-    ModelConfig,
-    materialise,
-    scan,
-    scan_chunked,
-    scan_parallel,
-    state_transition_regulariser,
-)
+from ess import operators as ops
+from ess.kernels import scan
+from ess.mixers import MIXERS, split_heads
+from ess.models import LanguageModel, ModelConfig, state_transition_regulariser
 
 SMALL = {"vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2, "state_size": 4, "window": 5}
 
@@ -22,40 +21,68 @@ def small_model(layers: str, **overrides) -> LanguageModel:
     return LanguageModel(ModelConfig(**{**SMALL, "layers": layers, **overrides})).double()
 
 
-def brute_force_T(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """T[i, j] = sum_n C[i, n] prod_{j < t <= i} A[t, n] B[j, n], entry by entry. (..., L, L)."""
-    length = A.shape[-2]
-    T = A.new_zeros(*A.shape[:-2], length, length)
-    for i in range(length):
-        for j in range(i + 1):
-            decay = torch.prod(A[..., j + 1 : i + 1, :], dim=-2)
-            T[..., i, j] = (C[..., i, :] * decay * B[..., j, :]).sum(-1)
-    return T
+def reference_mixer(kind: str, mixer: torch.nn.Module, x: torch.Tensor):
+    """The ess.operators reference for the mixer's own projections of its input x (b, L, d):
+    (Operator, its forward output shaped like mixer.core(x)), with the featurisation of
+    docs/method.md §1.3 written out here from the model's linear layers and parameters."""
+    if kind == "S6":  # every channel its own SSM; the skip D is not part of T
+        u = mixer.value_stream(x)[..., 0].transpose(1, 2)  # silu(conv(in_proj x)): (b, L, d)
+        n = mixer.state_size
+        r, B, C = mixer.x_proj(u).split([mixer.dt_rank, n, n], dim=-1)
+        dt = F.softplus(mixer.dt_proj(r) + mixer.dt_bias)  # (b, L, d)
+        A = -torch.exp(mixer.A_log)
+        forward = ops.selective_ssm_forward(u, dt, A, B, C, mixer.D)  # (b, L, d)
+        return ops.selective_ssm(dt, A, B, C), forward.transpose(1, 2)[..., None]
+    h = mixer.conv(x)
+    if kind in ("SA", "SWA"):
+        q, k, v = (split_heads(z, mixer.n_heads) for z in mixer.qkv(h).chunk(3, dim=-1))
+        forward = ops.softmax_attention_forward(q, k, v, window=mixer.window)
+        return ops.softmax_attention(q, k, window=mixer.window), forward
+    q, k = (split_heads(z, mixer.n_heads) for z in mixer.qk(h).chunk(2, dim=-1))
+    v = split_heads(mixer.v(h), mixer.n_heads)
+    q_scaled = q / math.sqrt(mixer.state_size)
+    if kind == "LA":
+        return ops.linear_attention(q_scaled, k), ops.linear_attention_forward(q_scaled, k, v)
+    if kind == "WLA":
+        decay = torch.sigmoid(mixer.decay_logit) ** (1 / mixer.tau)  # (H, N), the same each step
+        forward = ops.weighted_linear_attention_forward(q_scaled, k, v, decay)
+        return ops.weighted_linear_attention(q_scaled, k, decay), forward
+    if kind == "GLA":
+        gates = split_heads(torch.sigmoid(mixer.gate(h)) ** (1 / mixer.tau), mixer.n_heads)
+        forward = ops.gated_linear_attention_forward(q_scaled, k, v, gates)
+        return ops.gated_linear_attention(q_scaled, k, gates), forward
+    # GLA-S6: GLA whose gate is S6's exp(dt_t A_h), with B_t = dt_t k_t and C_t = alpha q_t
+    dt = F.softplus(mixer.dt(h) + mixer.dt_bias).transpose(1, 2)[..., None]  # (b, H, L, 1)
+    gates = torch.exp(dt * -torch.exp(mixer.A_log)[:, None, :])
+    q_alpha, k_dt = mixer.alpha * q, dt * k
+    forward = ops.gated_linear_attention_forward(q_alpha, k_dt, v, gates)
+    return ops.gated_linear_attention(q_alpha, k_dt, gates), forward
 
 
-@pytest.mark.parametrize("length", [1, 7, 16, 21])
-def test_scans_agree_with_the_brute_force_operator(length):
-    g = torch.Generator().manual_seed(length)
-    shape = (2, 3, length, 5)
-    log_a = -3 * torch.rand(shape, generator=g, dtype=torch.float64)
-    B, C = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(2))
-    u = torch.randn(2, 3, length, 4, generator=g, dtype=torch.float64)
-    T = brute_force_T(log_a.exp(), B, C)
-    assert torch.allclose(materialise(log_a, B, C), T)
-    y = T @ u
-    assert torch.allclose(scan(log_a.exp(), B, C, u), y)
-    assert torch.allclose(scan_parallel(log_a, B, C, u), y)
-    for chunk in (1, 3, 8, 64):
-        assert torch.allclose(scan_chunked(log_a, B, C, u, chunk=chunk), y)
-
-
-def test_chunked_scan_is_finite_for_tiny_decays():
-    log_a = torch.full((1, 1, 64, 4), -200.0)  # products underflow; exp(-log_a) would overflow
-    B = C = torch.ones(1, 1, 64, 4)
-    u = torch.ones(1, 1, 64, 1)
-    y = scan_chunked(log_a, B, C, u)
-    assert torch.isfinite(y).all()
-    assert torch.allclose(y, torch.full_like(y, 4.0))  # only the present token survives
+@pytest.mark.parametrize("kind", MIXERS)
+def test_every_mixer_is_its_reference_in_ess_operators(kind):
+    """As Mamba's ssd_minimal against its fused kernel: the model's T, realisation, TSS and
+    output against the reference built from the model's own projections, y = T u included."""
+    model = small_model(kind)
+    input_ids = torch.randint(0, 32, (3, 21), generator=torch.Generator().manual_seed(4))
+    _, mixer_inputs = model.forward_with_mixer_inputs(input_ids)
+    exact = {"rtol": 1e-10, "atol": 1e-12}
+    for layer, (block, x) in enumerate(zip(model.blocks, mixer_inputs, strict=True)):
+        mixer, op = block.mixer, model.operators(input_ids)[layer]
+        reference, forward = reference_mixer(kind, mixer, x)
+        y, u = mixer.core(x), mixer.value_stream(x)
+        torch.testing.assert_close(op.matrix(), reference.T, **exact)
+        torch.testing.assert_close(y, forward, **exact)
+        if kind == "S6":
+            y = y - mixer.D[:, None, None] * u  # the skip sits on T's diagonal, outside H_i
+        torch.testing.assert_close(reference.T @ u, y, **exact)
+        if reference.realisation is not None:
+            for ours, theirs in zip(op.realisation(), reference.realisation, strict=True):
+                torch.testing.assert_close(ours, theirs, **exact)
+        if isinstance(reference.tss, int):
+            assert op.tss == reference.tss == 4
+        else:
+            assert torch.equal(op.tss, reference.tss)
 
 
 @pytest.mark.parametrize("kind", MIXERS)
@@ -66,20 +93,20 @@ def test_operator_applied_to_the_value_stream_is_the_mixer_output(kind):
     operators = model.operators(input_ids)
     assert len(operators) == 2
     for layer, (block, x, op) in enumerate(zip(model.blocks, mixer_inputs, operators, strict=True)):
-        assert op["layer"] == layer and op["mixer"] == kind
+        assert op.layer == layer and op.meta["mixer"] == kind
         u = block.mixer.value_stream(x)
         y = block.mixer.core(x)
         if kind in ("SA", "SWA"):
-            assert op["T"].shape == (3, 2, 19, 19)
-            assert torch.allclose(op["T"] @ u, y)
+            assert op.kind == "attention" and op.tensors["T"].shape == (3, 2, 19, 19)
+            assert torch.allclose(op.matrix() @ u, y)
         else:
             heads = 16 if kind == "S6" else 2
-            for name in "ABC":
-                assert op[name].shape == (3, heads, 19, 4)
-            assert op["tss"] == 4
-            y_scan = scan(op["A"], op["B"], op["C"], u)
+            assert op.kind == "ssm" and op.tss == 4
+            A, B, C = op.realisation()
+            assert A.shape == B.shape == C.shape == (3, heads, 19, 4)
+            y_scan = scan(A, B, C, u)
             if kind == "S6":
-                y_scan = y_scan + op["D"][:, None, None] * u
+                y_scan = y_scan + op.tensors["D"][:, None, None] * u
             assert torch.allclose(y_scan, y)
 
 
@@ -88,20 +115,22 @@ def test_attention_operators_are_causal_stochastic_and_windowed():
     sa = small_model("SA").operators(input_ids)[0]
     swa = small_model("SWA").operators(input_ids)[0]
     upper = torch.triu(torch.ones(12, 12, dtype=torch.bool), 1)
-    assert (sa["T"][..., upper] == 0).all()
-    assert torch.allclose(sa["T"].sum(-1), torch.ones(2, 2, 12, dtype=torch.float64))
+    assert (sa.matrix()[..., upper] == 0).all()
+    assert torch.allclose(sa.matrix().sum(-1), torch.ones(2, 2, 12, dtype=torch.float64))
     i = torch.arange(12)
     outside = (i[:, None] - i[None, :]) >= 5
-    assert (swa["T"][..., outside] == 0).all()
-    assert torch.equal(sa["tss"], i)
-    assert torch.equal(swa["tss"], i.clamp(max=5))
+    assert (swa.matrix()[..., outside] == 0).all()
+    splits = torch.arange(1, 12)  # the TSS of docs/method.md §1.4: the KV cache at split i
+    assert torch.equal(sa.tss, splits)
+    assert torch.equal(swa.tss, splits.clamp(max=5))
 
 
 def test_transitions_are_identity_for_la_and_decays_otherwise():
     input_ids = torch.randint(0, 32, (2, 10))
-    assert torch.equal(small_model("LA").operators(input_ids)[0]["A"], torch.ones(2, 2, 10, 4))
+    A_la, _, _ = small_model("LA").operators(input_ids)[0].realisation()
+    assert torch.equal(A_la, torch.ones(2, 2, 10, 4))
     for kind in ("WLA", "GLA", "S6", "GLA-S6"):
-        A = small_model(kind).operators(input_ids)[0]["A"]
+        A, _, _ = small_model(kind).operators(input_ids)[0].realisation()
         assert (A > 0).all() and (A < 1).all()
 
 
@@ -129,7 +158,7 @@ def test_hybrid_pattern_gives_the_layer_kinds():
         "Attention",
     ]
     operators = model.operators(torch.randint(0, 32, (1, 8)))
-    assert ["T" in op for op in operators] == [False, True, False, True]
+    assert [op.kind for op in operators] == ["ssm", "attention", "ssm", "attention"]
     assert ModelConfig(**{**SMALL, "n_layers": 3, "layers": "s6, SWA, gla-s6"}).layer_kinds() == [
         "S6",
         "SWA",
@@ -150,8 +179,10 @@ def test_bad_model_configs_name_the_bad_value():
 
 def test_gla_s6_alpha_scales_C():
     input_ids = torch.randint(0, 32, (1, 6))
-    default = small_model("GLA-S6").operators(input_ids)[0]["C"]
-    doubled = small_model("GLA-S6", gla_s6_alpha=2 * 4**-0.5).operators(input_ids)[0]["C"]
+    default = small_model("GLA-S6").operators(input_ids)[0].realisation()[2]
+    doubled = (
+        small_model("GLA-S6", gla_s6_alpha=2 * 4**-0.5).operators(input_ids)[0].realisation()[2]
+    )
     assert torch.allclose(doubled, 2 * default)
 
 
@@ -175,7 +206,7 @@ def test_regulariser_is_the_sum_of_per_layer_rms_of_a_minus_one():
     model = small_model("GLA")
     input_ids = torch.randint(0, 32, (2, 12))
     ops = model.operators(input_ids)
-    rms = [((op["A"] - 1) ** 2).mean().sqrt() for op in ops]
+    rms = [((op.realisation()[0] - 1) ** 2).mean().sqrt() for op in ops]
     assert torch.allclose(state_transition_regulariser(model, input_ids, [1]), rms[1])
     assert torch.allclose(state_transition_regulariser(model, input_ids), rms[0] + rms[1])
 
@@ -196,8 +227,8 @@ def test_operators_feed_the_ess_core_in_both_forms():
 
     model = small_model("GLA,SA")
     gla, sa = model.operators(torch.randint(0, 32, (2, 12)))
-    from_realisation = effective_state_size_ssm(gla["A"], gla["B"], gla["C"])
-    from_matrix = effective_state_size(materialise(gla["A"].log(), gla["B"], gla["C"]))
+    from_realisation = effective_state_size_ssm(*gla.realisation())
+    from_matrix = effective_state_size(gla.matrix())
     assert torch.equal(from_realisation.tolerance, from_matrix.tolerance)
     assert torch.allclose(from_realisation.entropy, from_matrix.entropy)
-    assert effective_state_size(sa["T"]).tolerance.shape == (2, 2, 11)
+    assert effective_state_size(sa.matrix()).tolerance.shape == (2, 2, 11)

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from ess import operators as ops
-from ess.metric import (
+from ess import (
     effective_state_size,
     effective_state_size_naive,
     effective_state_size_ssm,
 )
+from ess import operators as ops
+from ess.kernels import materialise
 
 L = 20
 HEADS, CHANNELS, D_K, D_V, D_STATE = 3, 4, 5, 2, 3
@@ -146,7 +147,7 @@ def test_operator_reproduces_the_mixers_forward(name):
 @pytest.mark.parametrize("name", REALISED)
 def test_materialised_realisation_is_the_operator(name):
     op = _case(name).operator
-    torch.testing.assert_close(ops.materialise(*op.realisation), op.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(materialise(*op.realisation), op.T, rtol=1e-10, atol=1e-12)
 
 
 def _assert_same_ess(result, reference):
@@ -232,7 +233,7 @@ def test_gated_linear_attention_handles_zero_gates():
     T = ops.gated_linear_attention(q, k, gates).T
     assert torch.isfinite(T).all()
     assert (T[5:, :5] == 0).all()
-    torch.testing.assert_close(T, ops.materialise(gates, k, q), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(T, materialise(gates, k, q), rtol=1e-10, atol=1e-12)
 
 
 def test_realisation_ess_with_as_many_states_as_steps():
@@ -291,14 +292,6 @@ def _inputs(shape: tuple[int, ...]) -> Tensor:
         ),
         (lambda: ops.lti_ssm(_inputs((3,)), _inputs((3,)), _inputs((3,)), 0), "length .* got 0"),
         (lambda: ops.convolution(_inputs((0,)), L), r"kernel .* k >= 1; got \(0,\)"),
-        (
-            lambda: ops.materialise(_inputs((L, 3, 2)), _inputs((L, 3)), _inputs((L, 3))),
-            r"A \(dense\) .* N=3; got \(20, 3, 2\)",
-        ),
-        (
-            lambda: ops.materialise(_inputs((L, 3)), _inputs((L, 3)), _inputs((L, 2))),
-            r"C .* N=3; got \(20, 2\)",
-        ),
     ],
 )
 def test_bad_shapes_are_named(build, message):

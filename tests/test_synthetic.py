@@ -9,19 +9,21 @@ import pytest
 import torch
 
 from ess.experiments import memory_items, run_configs
+from ess.kernels import materialise
+from ess.layers import LayerOperator
 from ess.measure import model_ess
 from ess.metric import effective_state_size_naive
-from ess.models import LanguageModel, ModelConfig, materialise
+from ess.models import LanguageModel, ModelConfig
 from ess.synthetic import runs_table
 from ess.tasks import TaskConfig
 
 
-def naive_layer_ess(op: dict, tol: float) -> tuple[float, float]:
+def naive_layer_ess(op: LayerOperator, tol: float) -> tuple[float, float]:
     """Mean tolerance- and entropy-ESS of one layer from one SVD per H_i (the definition)."""
-    if "T" in op:
-        T = op["T"]
+    if op.kind == "attention":
+        T = op.matrix()
     else:
-        T = materialise(torch.log(op["A"].double()), op["B"].double(), op["C"].double())
+        T = materialise(*(x.double() for x in op.realisation()))
     result = effective_state_size_naive(T.double(), tol=tol)
     return result.tolerance.double().mean().item(), result.entropy.mean().item()
 
@@ -35,12 +37,12 @@ def test_model_ess_is_the_mean_of_the_naive_definition(layers):
     assert len(table) == 2 * 2  # layers x tolerances
     for op in model.operators(inputs):
         for tol in (1e-1, 1e-3):
-            row = table[(table["layer"] == op["layer"]) & (table["tolerance"] == tol)].iloc[0]
+            row = table[(table["layer"] == op.layer) & (table["tolerance"] == tol)].iloc[0]
             tolerance_ess, entropy_ess = naive_layer_ess(op, tol)
-            assert row["layer_mixer"] == op["mixer"]
+            assert row["layer_mixer"] == op.meta["mixer"]
             assert row["ess_tolerance"] == pytest.approx(tolerance_ess, rel=1e-12)
             assert row["ess_entropy"] == pytest.approx(entropy_ess, rel=1e-5)
-            expected_tss = 4 if "A" in op else np.arange(1, 12).mean()  # SA: KV cache i
+            expected_tss = 4 if op.kind == "ssm" else np.arange(1, 12).mean()  # SA: KV cache i
             assert row["tss"] == pytest.approx(expected_tss)
             assert row["utilisation"] == pytest.approx(row["ess_tolerance"] / row["tss"])
     # a looser tau counts fewer singular values

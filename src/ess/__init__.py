@@ -5,12 +5,9 @@ The public entry points are `effective_state_size` (any materialised causal oper
 materialised). See README.md for a worked example.
 """
 
-from ess.metric import (
-    EssResult,
-    effective_state_size,
-    effective_state_size_naive,
-    effective_state_size_ssm,
-)
+from ess.dense_path import effective_state_size
+from ess.metric import EssResult, effective_state_size_naive
+from ess.realisation_path import effective_state_size_ssm
 
 __all__ = [
     "EssResult",

@@ -2,16 +2,17 @@
 
 Every mixer computes, per channel, `y = T u` with a causal L x L operator T (docs/method.md §1).
 This module runs a model ONCE on one token sequence and keeps, per layer, the small O(L d)
-FACTORS of T, never T itself:
+FACTORS of T, never T itself, as an `ess.layers.LayerOperator` (which rebuilds T or the
+realisation from them):
 
 - softmax attention (llama, mistral, gemma3, gpt_neox, phi): post-RoPE queries `q` (H, L, d)
   and keys `k` (H_kv, L, d) exactly as they enter the attention product, with the scale, the
-  sliding window (None for a global layer), the logit softcap and attention sinks if any.
-  `attention_operator` rebuilds softmax(q k^T * scale + causal/window mask) per head.
+  sliding window (None for a global layer), the logit softcap and attention sinks if any:
+  T = softmax(q k^T * scale + causal/window mask) per head.
 - selective SSMs (mamba, falcon_mamba, mamba2): the discretisation step `dt`, the continuous
   decay `a` and the input-dependent `B`, `C`, recomputed from the mixer's own intermediates
-  exactly as transformers' torch path does. `layer_realisation` turns them into the time-varying
-  realisation (A, B, C) of docs/method.md §1.1: x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t.
+  exactly as transformers' torch path does: the time-varying realisation (A, B, C) of
+  docs/method.md §1.1, x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t, follows from them.
 - hybrids (jamba, bamba, zamba2): each mixer as above, per layer.
 - this project's own ess.models.LanguageModel (SA, SWA, LA, WLA, GLA, S6, GLA-S6, trained on the
   E6 text by the workflow): its `operators` method gives each layer's T (attention, kept as the
@@ -39,43 +40,21 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ess.metric import EssResult, effective_state_size, effective_state_size_ssm
+from ess.layers import LayerOperator
 from ess.models import LanguageModel
 
 ATTENTION_FAMILIES = ("gemma3", "gemma3_text", "gpt_neox", "llama", "mistral", "phi")
 SSM_FAMILIES = ("falcon_mamba", "mamba", "mamba2")
 HYBRID_FAMILIES = ("bamba", "jamba", "zamba2")
-
-_METADATA_KEY = "ess_operators"
-
-
-@dataclass
-class LayerOperator:
-    """The factors of one mixer's operator T for one input sequence.
-
-    `layer` is the decoder-layer index (a zamba2 hybrid layer holds an attention and an SSM, so
-    it gives two entries with the same index). `tensors` hold the factors (names and shapes in
-    `capture_operators`), `meta` plain JSON values (scale, window, head counts, ...).
-    """
-
-    layer: int
-    kind: Literal["attention", "ssm"]
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def supported_architectures() -> list[str]:
@@ -362,14 +341,9 @@ def capture_operators(
 def language_model_operators(model: LanguageModel, input_ids: torch.Tensor) -> list[LayerOperator]:
     """Every layer's operator of an ess.models.LanguageModel on one sequence, in layer order.
 
-    input_ids: (L,) or (1, L). From `model.operators` (one forward pass, no gradients), as float32
-    on the CPU:
-
-    - attention (SA, SWA): kind "attention", tensors T (H, L, L), the causal attention matrix
-      itself; meta: mixer, n_heads, length, window (None for SA);
-    - recurrences (LA, WLA, GLA, GLA-S6, S6): kind "ssm", tensors A, B, C (H, L, N) of the
-      diagonal realisation x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t per head (S6: per
-      channel) [, D (H,) for S6]; meta: mixer, n_heads, d_state, length.
+    input_ids: (L,) or (1, L). `model.operators` (one forward pass, no gradients) for the one
+    sequence, as float32 on the CPU with meta["family"] = "ess": T (H, L, L) for attention,
+    A, B, C (H, L, N) [, D (H,)] for a recurrence (ess.layers).
     """
     input_ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
     if input_ids.shape[0] != 1:
@@ -378,262 +352,19 @@ def language_model_operators(model: LanguageModel, input_ids: torch.Tensor) -> l
     model.eval()
     device = next(model.parameters()).device
     try:
-        layers = model.operators(input_ids.to(device))
+        ops = model.operators(input_ids.to(device))
     finally:
         model.train(was_training)
-    ops = []
-    for layer in layers:
-        first = "T" if "T" in layer else "A"
-        n_heads, length = layer[first].shape[1], layer[first].shape[2]
-        meta = {"family": "ess", "mixer": layer["mixer"], "n_heads": n_heads, "length": length}
-        if "T" in layer:
-            window = getattr(model.blocks[layer["layer"]].mixer, "window", None)
-            tensors, kind = {"T": layer["T"][0]}, "attention"
-            meta["window"] = None if window is None else int(window)
-        else:
-            tensors = {name: layer[name][0] for name in ("A", "B", "C")}
-            if "D" in layer:
-                tensors["D"] = layer["D"]
-            kind = "ssm"
-            meta["d_state"] = int(layer["tss"])
-        tensors = {name: t.detach().to("cpu", torch.float32) for name, t in tensors.items()}
-        ops.append(LayerOperator(layer["layer"], kind, tensors, meta))
-    return ops
-
-
-# ---------------------------------------------------------------------------------------------
-# Rebuilding T and (A, B, C) from the factors
-# ---------------------------------------------------------------------------------------------
-
-
-def attention_operator(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """T = softmax_j(q_i . k_j * scale + mask) per head, the causal attention matrix.
-
-    q: (..., H, L, d); k: (..., H_kv, L, d) with H a multiple of H_kv (query head h reads key
-    head h // (H / H_kv)); window w keeps j with i - j < w (transformers' sliding window);
-    softcap c maps logits s -> c tanh(s / c) before the mask; sinks (H,) add one extra logit per
-    row that takes probability mass but no column (gpt-oss style). Returns T: (..., H, L, L),
-    zero above the diagonal, in q's dtype.
-    """
-    k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-    logits = (q @ k.transpose(-1, -2)) * scale
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    i = torch.arange(q.shape[-2], device=q.device)[:, None]
-    j = torch.arange(k.shape[-2], device=q.device)[None, :]
-    keep = j <= i
-    if window is not None:
-        keep = keep & (i - j < window)
-    logits = logits.masked_fill(~keep, float("-inf"))
-    if sinks is None:
-        return torch.softmax(logits, dim=-1)
-    sink = sinks.to(logits.dtype)[:, None, None].expand(*logits.shape[:-1], 1)
-    return torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]
-
-
-def mamba_realisation(
-    dt: torch.Tensor, a: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel realisation of a mamba-1 (S6) mixer.
-
-    dt: (L, D), a: (D, N), B, C: (L, N). Channel c: A_t = exp(dt_t^c a^c), B_t = dt_t^c B_t,
-    C_t = C_t. Returns A, B, C: (D, L, N) each.
-    """
-    dt = dt.transpose(0, 1)[..., None]  # (D, L, 1)
-    A = torch.exp(dt * a[:, None, :])
-    return A, dt * B[None], C[None].expand_as(A)
-
-
-def mamba2_realisation(
-    dt: torch.Tensor, a: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-head realisation of a mamba-2 (SSD) mixer; all P channels of a head share it.
-
-    dt: (L, H), a: (H,), B, C: (L, G, N); head h reads group h // (H / G). Head h:
-    A_t = exp(dt_t^h a^h) I (a scalar decay, stored as the diagonal), B_t = dt_t^h B_t^g,
-    C_t = C_t^g. Returns A, B, C: (H, L, N) each.
-    """
-    n_heads, n_groups = dt.shape[1], B.shape[1]
-    B = B.repeat_interleave(n_heads // n_groups, dim=1).transpose(0, 1)  # (H, L, N)
-    C = C.repeat_interleave(n_heads // n_groups, dim=1).transpose(0, 1)
-    dt = dt.transpose(0, 1)[..., None]  # (H, L, 1)
-    A = torch.exp(dt * a[:, None, None]).expand_as(B)
-    return A, dt * B, C
-
-
-def layer_realisation(
-    op: LayerOperator, channels: torch.Tensor | slice | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A, B, C), each (channels, L, N), of an SSM layer: channels of mamba, heads of mamba2,
-    heads (channels for S6) of a realisation stored as it is (ess.models).
-
-    `channels` (indices or a slice) restricts the first axis before the realisation is built:
-    a full mamba layer's realisation is D * L * N numbers per factor.
-    """
-    if op.kind != "ssm":
-        raise ValueError(f"layer {op.layer} is {op.kind}: it has no fixed-size realisation")
-    t = op.tensors
-    index = slice(None) if channels is None else channels
-    if "A" in t:  # stored as the realisation itself (ess.models, `language_model_operators`)
-        return t["A"][index], t["B"][index], t["C"][index]
-    if op.meta["mixer"] == "mamba":
-        return mamba_realisation(t["dt"][:, index], t["a"][index], t["B"], t["C"])
-    heads = torch.arange(op.meta["n_heads"])[index]
-    groups = heads // (op.meta["n_heads"] // op.meta["n_groups"])  # group each head reads
-    return mamba2_realisation(
-        t["dt"][:, heads], t["a"][heads], t["B"][:, groups], t["C"][:, groups]
-    )
-
-
-def ssm_operator(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """Materialise T[i, j] = C_i . (prod_{t=j+1..i} A_t) B_j (j <= i) of a diagonal realisation.
-
-    A, B, C: (..., L, N), A diagonal. The transition products are running products down each
-    column j (no logarithms: an A_t that underflowed to 0 stays an exact 0). Returns T:
-    (..., L, L); costs (..., L, L, N) memory, so restrict channels first for a real layer.
-    """
-    causal = torch.ones(A.shape[-2], A.shape[-2], dtype=torch.bool, device=A.device).tril()
-    below = causal.tril(-1)[..., None]  # i > j
-    factors = torch.where(below, A[..., :, None, :], 1.0)  # [i, j] = A_i where i > j, else 1
-    decay = torch.cumprod(factors, dim=-3)  # [i, j] = prod_{t=j+1..i} A_t where i >= j
-    decay = decay.masked_fill(~causal[..., None], 0.0)
-    return torch.einsum("...in,...ijn,...jn->...ij", C, decay, B)
-
-
-def ssm_scan(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The slow obvious recurrence x_t = A_t x_{t-1} + B_t u_t, y_t = C_t . x_t, x_{-1} = 0.
-
-    A, B, C: (..., L, N); u: (..., L). Returns y: (..., L).
-    """
-    x = torch.zeros_like(B[..., 0, :])
-    ys = []
-    for t in range(A.shape[-2]):
-        x = A[..., t, :] * x + B[..., t, :] * u[..., t, None]
-        ys.append((C[..., t, :] * x).sum(-1))
-    return torch.stack(ys, dim=-1)
-
-
-def layer_operator_matrix(
-    op: LayerOperator, channels: torch.Tensor | slice | None = None
-) -> torch.Tensor:
-    """Materialised T of one layer: (H, L, L) per attention head, (channels, L, L) for an SSM.
-
-    For an SSM layer the skip term D u is left out (it only touches the diagonal, which no
-    Hankel block H_i = T[i:, :i] contains); `channels` restricts which channels/heads.
-    """
-    if op.kind == "attention":
-        t, m = op.tensors, op.meta
-        index = slice(None) if channels is None else channels
-        if "T" in t:  # stored as the matrix itself (ess.models, `language_model_operators`)
-            return t["T"][index]
-        q = t["q"][index]
-        group = m["n_heads"] // m["n_kv_heads"]
-        head_ids = torch.arange(m["n_heads"])[index]
-        k = t["k"][head_ids // group]  # one key head per selected query head
-        sinks = t["sinks"][index] if "sinks" in t else None
-        return attention_operator(
-            q, k, scale=m["scale"], window=m["window"], softcap=m["softcap"], sinks=sinks
+    return [
+        LayerOperator(
+            op.layer,
+            op.kind,
+            # T, A, B, C lead with the batch of one sequence; S6's D (H,) has no batch dim
+            {
+                name: (t if name == "D" else t[0]).to("cpu", torch.float32)
+                for name, t in op.tensors.items()
+            },
+            {"family": "ess", **op.meta},
         )
-    return ssm_operator(*layer_realisation(op, channels))
-
-
-def tss(op: LayerOperator, length: int | None = None) -> int | torch.Tensor:
-    """Theoretical state size per head/channel.
-
-    attention: the KV-cache length at each split position i = 0..length-1, i.e. i, or
-    min(i, window) for a sliding-window layer: a LongTensor (length,) (length defaults to the
-    captured one); ssm: d_state, an int (a mamba-2 head's state is d_state per channel).
-    """
-    if op.kind == "ssm":
-        return int(op.meta["d_state"])
-    positions = torch.arange(op.meta["length"] if length is None else length)
-    window = op.meta["window"]
-    return positions if window is None else positions.clamp(max=window)
-
-
-def layer_ess(
-    op: LayerOperator,
-    channels: slice = slice(None),
-    tol: float = 1e-3,
-    relative: bool = True,
-    position_stride: int = 1,
-    device: str | torch.device = "cpu",
-    positions: Iterable[int] | None = None,
-    spectrum: bool = False,
-) -> tuple[EssResult, np.ndarray]:
-    """ESS of one captured mixer at split positions 1, 1 + stride, ... of every head/channel,
-    or at `positions` (split positions in 1..L-1; then position_stride is not used).
-
-    Attention has no small realisation: T is materialised per head and goes through the dense
-    path (ess.metric.effective_state_size) by its eigenvalue route, since E6 aggregates both
-    tolerance- and entropy-ESS (the count route, entropy=False, would skip the entropy). An SSM
-    goes through its time-varying realisation (ess.metric.effective_state_size_ssm); T is never
-    built. spectrum=True keeps the singular values (other taus of tolerance-ESS are then
-    ess.metric.tolerance_ess of them, at no extra decomposition). Returns the EssResult
-    (channels first) and the theoretical state size at each split position: (positions,).
-    """
-    if op.kind == "attention":
-        T = layer_operator_matrix(op, channels).to(device)  # (heads, L, L)
-        length = T.shape[-1]
-        wanted = range(1, length, position_stride) if positions is None else positions
-        result = effective_state_size(
-            T, tol=tol, relative=relative, positions=wanted, spectrum=spectrum
-        )
-    else:
-        A, B, C = (x.to(device) for x in layer_realisation(op, channels))  # (channels, L, N)
-        length = B.shape[-2]
-        wanted = range(1, length, position_stride) if positions is None else positions
-        result = effective_state_size_ssm(
-            A, B, C, tol=tol, relative=relative, positions=wanted, spectrum=spectrum
-        )
-    split = result.positions.cpu().numpy()
-    state_size = tss(op, length)  # per position (attention) or one number (SSM)
-    if torch.is_tensor(state_size):
-        return result, state_size[split].numpy()
-    return result, np.full(len(split), state_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Persistence: one safetensors file; the per-layer meta travels as JSON in its metadata
-# ---------------------------------------------------------------------------------------------
-
-
-def save_operators(ops: list[LayerOperator], path: str | Path) -> None:
-    """Write `ops` to a safetensors file (tensor "<entry>.<name>", meta as JSON metadata)."""
-    tensors, index = {}, []
-    for n, op in enumerate(ops):
-        for name, tensor in op.tensors.items():
-            tensors[f"{n}.{name}"] = tensor.contiguous()
-        index.append(
-            {"layer": op.layer, "kind": op.kind, "meta": op.meta, "tensors": sorted(op.tensors)}
-        )
-    save_file(tensors, str(path), metadata={_METADATA_KEY: json.dumps(index)})
-
-
-def load_operators(path: str | Path, layers: Iterable[int] | None = None) -> list[LayerOperator]:
-    """Read what `save_operators` wrote (no pickle involved); only the entries of `layers`
-    (None = all) are read from disk. A layer that the file does not hold is an error."""
-    with safe_open(str(path), framework="pt") as f:
-        index = json.loads(f.metadata()[_METADATA_KEY])
-        wanted = None if layers is None else set(layers)
-        if wanted is not None and not wanted <= {entry["layer"] for entry in index}:
-            missing = sorted(wanted - {entry["layer"] for entry in index})
-            raise ValueError(f"{path} holds no operator of layer(s) {missing}")
-        return [
-            LayerOperator(
-                layer=entry["layer"],
-                kind=entry["kind"],
-                tensors={name: f.get_tensor(f"{n}.{name}") for name in entry["tensors"]},
-                meta=entry["meta"],
-            )
-            for n, entry in enumerate(index)
-            if wanted is None or entry["layer"] in wanted
-        ]
+        for op in ops
+    ]

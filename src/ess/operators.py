@@ -8,14 +8,15 @@ Each mixer gets two functions:
 - `<mixer>_forward(...)`: the mixer's own computation (attention kernel, recurrent scan, direct
   convolution), the slow, obvious reference that `T` must reproduce.
 
-Realisation convention (the one `ess.metric.effective_state_size_ssm` uses), t = 0 .. L-1 and
+Realisation convention (the one `ess.effective_state_size_ssm` uses), t = 0 .. L-1 and
 x_{-1} = 0:
 
     x_t = A_t x_{t-1} + B_t u_t,    y_t = C_t . x_t
 
 so T[t, j] = C_t^T A_t A_{t-1} ... A_{j+1} B_j for j < t and T[t, t] = C_t . B_t. A is
 (..., L, N) for diagonal transitions or (..., L, N, N) for dense ones (the same number of dims as
-B, or one more); B and C are (..., L, N). `materialise` turns a realisation into T.
+B, or one more); B and C are (..., L, N). `ess.kernels.materialise` turns a realisation into T,
+and `ess.kernels.scan` runs it: the recurrent mixers' forward computations are that scan.
 
 Leading dims (...) are batch dims (batch, head, channel) and broadcast. Everything runs in the
 inputs' dtype; use float64 for reference comparisons. The closed forms build (..., L, L, d)
@@ -30,17 +31,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ess.kernels import attention_matrix, operator_from_log_decay, scan, segment_sum
+
 FeatureMap = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
 class Operator:
-    """A mixer's causal operator.
+    """A reference mixer's causal operator: T and its realisation side by side, so that each can
+    be checked against the other and against the mixer's forward computation.
 
     T: (..., L, L) lower-triangular, y = T u per channel.
     realisation: (A, B, C) in the module's convention, or None when no fixed-size state exists.
     tss: the state size per channel; an int for fixed-size states, else a (L-1,) int64 tensor
-        with the state size at each split position i = 1 .. L-1 (the KV cache of attention).
+        with the state size at each split position i = 1 .. L-1 (the KV cache of attention):
+        the convention of docs/method.md §1.4, which ess.layers.LayerOperator.tss follows too.
+
+    A model layer's operator is an ess.layers.LayerOperator instead: one stored form (T, a
+    realisation, or the factors a transformers model computes), its layer index and meta.
     """
 
     T: Tensor
@@ -84,42 +92,7 @@ def _batch_shape(*named: tuple[str, Tensor, int]) -> torch.Size:
         raise ValueError(f"the batch dims (...) must broadcast; got {shapes}") from err
 
 
-def _is_dense(A: Tensor, B: Tensor) -> bool:
-    """Whether A (..., L, N, N) is dense or (..., L, N) diagonal, given B (..., L, N)."""
-    L, N = B.shape[-2:]
-    if A.ndim == B.ndim:
-        _check_shape("A (diagonal)", A, [("L", L), ("N", N)])
-        return False
-    if A.ndim == B.ndim + 1:
-        _check_shape("A (dense)", A, [("L", L), ("N", N), ("N", N)])
-        return True
-    raise ValueError(
-        f"A must have shape (..., L, N) (diagonal) or (..., L, N, N) (dense), with as many batch "
-        f"dims as B {tuple(B.shape)} (use size-1 dims to broadcast); got {tuple(A.shape)}"
-    )
-
-
 # --- shared pieces ------------------------------------------------------------------------------
-
-
-def _segment_sum(x: Tensor) -> Tensor:
-    """x: (..., L) -> (..., L, L) with [i, j] = x_{j+1} + ... + x_i for j <= i, -inf for j > i.
-
-    Summed with a masked cumsum (as in Mamba's ssd_minimal), never as a difference of prefix sums,
-    so exp() of it gives the decay products exactly where they are zero or tiny.
-    """
-    L = x.shape[-1]
-    ones = torch.ones(L, L, dtype=torch.bool, device=x.device)
-    terms = x[..., :, None].expand(*x.shape, L).masked_fill(~ones.tril(-1), 0)  # x_t where t > j
-    return terms.cumsum(dim=-2).masked_fill(~ones.tril(), float("-inf"))
-
-
-def _segment_product(a: Tensor) -> Tensor:
-    """a: (..., L) -> (..., L, L) with [i, j] = a_{j+1} * ... * a_i for j <= i, 0 for j > i."""
-    L = a.shape[-1]
-    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
-    factors = a[..., :, None].expand(*a.shape, L).masked_fill(~strictly_lower, 1)
-    return factors.cumprod(dim=-2).tril()
 
 
 def _toeplitz(h: Tensor, length: int) -> Tensor:
@@ -129,29 +102,12 @@ def _toeplitz(h: Tensor, length: int) -> Tensor:
     return taps[..., lag.clamp(min=0)].tril()
 
 
-def _outer_product_scan(q: Tensor, k: Tensor, v: Tensor, decay: Tensor | None) -> Tensor:
-    """S_t = S_{t-1} diag(decay_t) + v_t k_t^T, o_t = S_t q_t (decay None: no decay).
-
-    q, k: (..., L, d_k), v: (..., L, d_v), decay: (..., L, d_k) -> o: (..., L, d_v).
-    """
-    named = [("q", q, 2), ("k", k, 2), ("v", v, 2)]
-    if decay is not None:
-        named.append(("decay", decay, 2))
-    S = q.new_zeros(*_batch_shape(*named), v.shape[-1], k.shape[-1])
-    outputs = []
-    for t in range(q.shape[-2]):
-        if decay is not None:
-            S = S * decay[..., t, None, :]
-        S = S + v[..., t, :, None] * k[..., t, None, :]
-        outputs.append(torch.einsum("...pn,...n->...p", S, q[..., t, :]))
-    return torch.stack(outputs, dim=-2)
-
-
 # --- attention ----------------------------------------------------------------------------------
 
 
 def _attention_mask(length: int, window: int | None, device: torch.device) -> Tensor:
-    """(L, L) bool, True where key j is visible to query i: 0 <= i - j (< window)."""
+    """(L, L) bool, True where key j is visible to query i: 0 <= i - j (< window). The forward's
+    own mask, for scaled_dot_product_attention: independent of `attention_matrix`'s."""
     lag = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)
     return (lag >= 0) & (lag < window) if window is not None else lag >= 0
 
@@ -181,11 +137,9 @@ def softmax_attention(
     """
     L, d = _check_attention(q, k, window)
     scale = d**-0.5 if scale is None else scale
-    scores = scale * torch.einsum("...id,...jd->...ij", q, k)
-    scores = scores.masked_fill(~_attention_mask(L, window, q.device), float("-inf"))
-    positions = torch.arange(1, L)
-    tss = positions if window is None else positions.clamp(max=window)
-    return Operator(torch.softmax(scores, dim=-1), None, tss)
+    T = attention_matrix(scale * torch.einsum("...id,...jd->...ij", q, k), window)
+    splits = torch.arange(1, L)
+    return Operator(T, None, splits if window is None else splits.clamp(max=window))
 
 
 def softmax_attention_forward(
@@ -240,13 +194,16 @@ def linear_attention(q: Tensor, k: Tensor, feature_map: FeatureMap | None = None
 def linear_attention_forward(
     q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap | None = None
 ) -> Tensor:
-    """Recurrent LA: S_t = S_{t-1} + v_t phi(k_t)^T, o_t = S_t phi(q_t).
+    """Recurrent LA: S_t = S_{t-1} + v_t phi(k_t)^T, o_t = S_t phi(q_t), i.e. the scan of
+    x_t = S_t^T with A_t = 1, B_t = phi(k_t), C_t = phi(q_t).
 
     q, k: (..., L, d), v: (..., L, d_v) -> (..., L, d_v).
     """
     fq, fk = _features(q, k, feature_map)
     _check_shape("v", v, [("L", q.shape[-2]), ("d_v", None)])
-    return _outer_product_scan(fq, fk, v, decay=None)
+    batch = _batch_shape(("feature_map(q)", fq, 2), ("feature_map(k)", fk, 2))
+    shape = (*batch, *fk.shape[-2:])
+    return scan(fk.new_ones(shape), fk.expand(shape), fq, v)
 
 
 def _check_weighted(q: Tensor, k: Tensor, decay: Tensor) -> tuple[int, int]:
@@ -275,13 +232,15 @@ def weighted_linear_attention(q: Tensor, k: Tensor, decay: Tensor) -> Operator:
 
 
 def weighted_linear_attention_forward(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tensor:
-    """Recurrent WLA: S_t = S_{t-1} diag(lambda) + v_t k_t^T, o_t = S_t q_t.
+    """Recurrent WLA: S_t = S_{t-1} diag(lambda) + v_t k_t^T, o_t = S_t q_t (the scan of
+    x_t = S_t^T).
 
     q, k: (..., L, d_k), v: (..., L, d_v), decay: (..., d_k) -> (..., L, d_v).
     """
-    L, _ = _check_weighted(q, k, decay)
+    L, d_k = _check_weighted(q, k, decay)
     _check_shape("v", v, [("L", L), ("d_v", None)])
-    return _outer_product_scan(q, k, v, decay[..., None, :].expand(*decay.shape[:-1], L, -1))
+    shape = (*_batch_shape(("q", q, 2), ("k", k, 2), ("decay", decay, 1)), L, d_k)
+    return scan(decay[..., None, :].expand(shape), k.expand(shape), q, v)
 
 
 def _check_gated(q: Tensor, k: Tensor, gates: Tensor) -> tuple[int, int]:
@@ -301,20 +260,21 @@ def gated_linear_attention(q: Tensor, k: Tensor, gates: Tensor) -> Operator:
     """
     L, d_k = _check_gated(q, k, gates)
     batch = _batch_shape(("q", q, 2), ("k", k, 2), ("gates", gates, 2))
-    decay = _segment_product(gates.transpose(-1, -2))  # (..., d_k, L, L)
-    T = torch.einsum("...in,...nij,...jn->...ij", q, decay, k)
     shape = (*batch, L, d_k)
+    T = operator_from_log_decay(torch.log(gates), k, q)  # a zero gate: log 0 = -inf, exp -> 0
     return Operator(T, (gates.expand(shape), k.expand(shape), q.expand(shape)), d_k)
 
 
 def gated_linear_attention_forward(q: Tensor, k: Tensor, v: Tensor, gates: Tensor) -> Tensor:
-    """Recurrent GLA: S_t = S_{t-1} diag(a_t) + v_t k_t^T, o_t = S_t q_t.
+    """Recurrent GLA: S_t = S_{t-1} diag(a_t) + v_t k_t^T, o_t = S_t q_t (the scan of
+    x_t = S_t^T).
 
     q, k, gates: (..., L, d_k), v: (..., L, d_v) -> (..., L, d_v).
     """
-    L, _ = _check_gated(q, k, gates)
+    L, d_k = _check_gated(q, k, gates)
     _check_shape("v", v, [("L", L), ("d_v", None)])
-    return _outer_product_scan(q, k, v, gates)
+    shape = (*_batch_shape(("q", q, 2), ("k", k, 2), ("gates", gates, 2)), L, d_k)
+    return scan(gates.expand(shape), k.expand(shape), q, v)
 
 
 def _check_deltanet(q: Tensor, k: Tensor, beta: Tensor) -> tuple[int, int]:
@@ -322,6 +282,13 @@ def _check_deltanet(q: Tensor, k: Tensor, beta: Tensor) -> tuple[int, int]:
     _check_shape("k", k, [("L", L), ("d_k", d_k)])
     _check_shape("beta", beta, [("L", L)])
     return L, d_k
+
+
+def _deltanet_transitions(k: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """A_t = I - b_t k_t k_t^T: (..., L, d_k, d_k) and B_t = b_t k_t: (..., L, d_k)."""
+    B = beta[..., None] * k
+    eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+    return eye - B[..., :, :, None] * k[..., :, None, :], B
 
 
 def deltanet(q: Tensor, k: Tensor, beta: Tensor) -> Operator:
@@ -351,30 +318,22 @@ def deltanet(q: Tensor, k: Tensor, beta: Tensor) -> Operator:
         unitriangular=True,
     )
     T = (q @ k.transpose(-1, -2)).tril() @ to_pseudo_values
-    eye_d = torch.eye(d_k, dtype=k.dtype, device=k.device)
-    B = beta[..., None] * k
-    A = eye_d - B[..., :, :, None] * k[..., :, None, :]
+    A, B = _deltanet_transitions(k, beta)
     shape = (*batch, L, d_k)
     return Operator(T, (A.expand(*shape, d_k), B.expand(shape), q.expand(shape)), d_k)
 
 
 def deltanet_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor) -> Tensor:
-    """Recurrent DeltaNet: S_t = S_{t-1} (I - b_t k_t k_t^T) + b_t v_t k_t^T, o_t = S_t q_t.
+    """Recurrent DeltaNet: S_t = S_{t-1} (I - b_t k_t k_t^T) + b_t v_t k_t^T, o_t = S_t q_t (the
+    scan of x_t = S_t^T, whose transition I - b_t k_t k_t^T is symmetric).
 
     q, k: (..., L, d_k), v: (..., L, d_v), beta: (..., L) -> (..., L, d_v).
     """
     L, d_k = _check_deltanet(q, k, beta)
     _check_shape("v", v, [("L", L), ("d_v", None)])
-    batch = _batch_shape(("q", q, 2), ("k", k, 2), ("v", v, 2), ("beta", beta, 1))
-    eye = torch.eye(d_k, dtype=k.dtype, device=k.device)
-    S = q.new_zeros(*batch, v.shape[-1], d_k)
-    outputs = []
-    for t in range(L):
-        k_t, b_t = k[..., t, :], beta[..., t, None, None]
-        S = S @ (eye - b_t * k_t[..., :, None] * k_t[..., None, :])
-        S = S + b_t * v[..., t, :, None] * k_t[..., None, :]
-        outputs.append(torch.einsum("...pn,...n->...p", S, q[..., t, :]))
-    return torch.stack(outputs, dim=-2)
+    shape = (*_batch_shape(("q", q, 2), ("k", k, 2), ("beta", beta, 1)), L, d_k)
+    A, B = _deltanet_transitions(k, beta)
+    return scan(A.expand(*shape, d_k), B.expand(shape), q, v)
 
 
 # --- selective state-space models ---------------------------------------------------------------
@@ -410,6 +369,17 @@ def _with_skip(realisation: tuple[Tensor, Tensor, Tensor], D: Tensor | None):
     )
 
 
+def _selective_realisation(
+    dt: Tensor, A: Tensor, B: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """S6's realisation per channel c, from dt (..., L, channels), A (channels, N), B, C
+    (..., L, N): log A_t = dt_t^c A^c and B_t = dt_t^c B_t, each (..., channels, L, N), and
+    C_t, (..., 1, L, N) (shared by the channels)."""
+    log_decay = (dt[..., :, :, None] * A).movedim(-3, -2)
+    B_bar = (dt[..., :, :, None] * B[..., :, None, :]).movedim(-3, -2)
+    return log_decay, B_bar, C[..., None, :, :]
+
+
 def selective_ssm(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Operator:
     """Mamba's selective SSM (S6), one operator per channel c:
     T[c, i, j] = C_i^T (prod_{t=j+1..i} exp(dt_t^c A^c)) dt_j^c B_j  (+ D^c on the diagonal).
@@ -420,15 +390,12 @@ def selective_ssm(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None 
     each (..., channels, L, N) (N + 1 with D, see `_with_skip`); tss = N.
     """
     L, _, N = _check_selective(dt, A, B, C, D)
-    log_decay = dt[..., :, :, None] * A  # (..., L, channels, N)
-    decay = torch.exp(_segment_sum(log_decay.movedim(-3, -1)))  # (..., channels, N, L, L)
-    T = torch.einsum("...in,...cnij,...jc,...jn->...cij", C, decay, dt, B)
+    log_decay, B_bar, C_bar = _selective_realisation(dt, A, B, C)
+    T = operator_from_log_decay(log_decay, B_bar, C_bar)  # (..., channels, L, L)
     if D is not None:
         T = T + torch.diag_embed(D[:, None].expand(-1, L))
-    A_bar = torch.exp(log_decay).movedim(-3, -2)  # (..., channels, L, N)
-    B_bar = (dt[..., :, :, None] * B[..., :, None, :]).movedim(-3, -2)
     shape = (*T.shape[:-2], L, N)
-    realisation = (A_bar.expand(shape), B_bar.expand(shape), C[..., None, :, :].expand(shape))
+    realisation = (torch.exp(log_decay).expand(shape), B_bar.expand(shape), C_bar.expand(shape))
     return Operator(T, _with_skip(realisation, D), N)
 
 
@@ -441,17 +408,13 @@ def selective_ssm_forward(
     u, dt: (..., L, channels); A: (channels, N); B, C: (..., L, N); D: (channels,) or None
     -> y: (..., L, channels).
     """
-    L, channels, N = _check_selective(dt, A, B, C, D)
+    L, channels, _ = _check_selective(dt, A, B, C, D)
     _check_shape("u", u, [("L", L), ("channels", channels)])
-    batch = _batch_shape(("u", u, 2), ("dt", dt, 2), ("B", B, 2), ("C", C, 2))
-    x = u.new_zeros(*batch, channels, N)
-    outputs = []
-    for t in range(L):
-        dt_t = dt[..., t, :, None]
-        x = torch.exp(dt_t * A) * x + dt_t * u[..., t, :, None] * B[..., t, None, :]
-        y_t = torch.einsum("...cn,...n->...c", x, C[..., t, :])
-        outputs.append(y_t if D is None else y_t + D * u[..., t, :])
-    return torch.stack(outputs, dim=-2)
+    _batch_shape(("u", u, 2), ("dt", dt, 2), ("B", B, 2), ("C", C, 2))
+    log_decay, B_bar, C_bar = _selective_realisation(dt, A, B, C)
+    per_channel = u.transpose(-1, -2)[..., None]  # (..., channels, L, 1)
+    y = scan(torch.exp(log_decay), B_bar, C_bar, per_channel)[..., 0].transpose(-1, -2)
+    return y if D is None else y + D * u
 
 
 def _check_mamba2(
@@ -467,6 +430,17 @@ def _check_mamba2(
     return L, heads, N
 
 
+def _mamba2_realisation(
+    dt: Tensor, a: Tensor, B: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SSD's realisation per head h, from dt (..., L, heads), a (heads,), B, C (..., L, N):
+    A_t = exp(dt_t^h a_h), (..., heads, L, 1) (a scalar, the same for every state channel),
+    B_t = dt_t^h B_t, (..., heads, L, N), and C_t, (..., 1, L, N) (shared by the heads)."""
+    A = torch.exp(dt * a).transpose(-1, -2)[..., None]
+    B_bar = dt.transpose(-1, -2)[..., None] * B[..., None, :, :]
+    return A, B_bar, C[..., None, :, :]
+
+
 def mamba2_ssm(dt: Tensor, a: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Operator:
     """Mamba2's SSD, one operator per head h (a scalar decay per head):
     T[h, i, j] = (C_i . B_j) exp(sum_{t=j+1..i} dt_t^h a_h) dt_j^h  (+ D_h on the diagonal).
@@ -478,18 +452,14 @@ def mamba2_ssm(dt: Tensor, a: Tensor, B: Tensor, C: Tensor, D: Tensor | None = N
     B_t = dt_t^h B_t, C_t, each (..., heads, L, N) (N + 1 with D, see `_with_skip`); tss = N.
     """
     L, _, N = _check_mamba2(dt, a, B, C, D)
-    log_decay = (dt * a).transpose(-1, -2)  # (..., heads, L)
+    log_decay = (dt * a).transpose(-1, -2)[..., None]  # (..., heads, L, 1): one decay per head
     CB = torch.einsum("...in,...jn->...ij", C, B)[..., None, :, :]  # (..., 1, L, L)
-    T = CB * torch.exp(_segment_sum(log_decay)) * dt.transpose(-1, -2)[..., None, :]
+    decay = torch.exp(segment_sum(log_decay))[..., 0]  # (..., heads, L, L)
+    T = CB * decay * dt.transpose(-1, -2)[..., None, :]
     if D is not None:
         T = T + torch.diag_embed(D[:, None].expand(-1, L))
-    batch = torch.broadcast_shapes(log_decay.shape[:-1], B.shape[:-2] + (1,), C.shape[:-2] + (1,))
-    shape = (*batch, L, N)
-    realisation = (
-        torch.exp(log_decay)[..., None].expand(shape),
-        (dt.transpose(-1, -2)[..., None] * B[..., None, :, :]).expand(shape),
-        C[..., None, :, :].expand(shape),
-    )
+    shape = (*T.shape[:-2], L, N)
+    realisation = tuple(x.expand(shape) for x in _mamba2_realisation(dt, a, B, C))
     return Operator(T, _with_skip(realisation, D), N)
 
 
@@ -502,18 +472,11 @@ def mamba2_ssm_forward(
     x: (..., L, heads, head_dim); dt: (..., L, heads); a: (heads,); B, C: (..., L, N);
     D: (heads,) or None -> y: (..., L, heads, head_dim).
     """
-    L, heads, N = _check_mamba2(dt, a, B, C, D)
+    L, heads, _ = _check_mamba2(dt, a, B, C, D)
     _check_shape("x", x, [("L", L), ("heads", heads), ("head_dim", None)])
-    batch = _batch_shape(("x", x, 3), ("dt", dt, 2), ("B", B, 2), ("C", C, 2))
-    state = x.new_zeros(*batch, heads, x.shape[-1], N)
-    outputs = []
-    for t in range(L):
-        dt_t = dt[..., t, :, None, None]
-        update = dt_t * x[..., t, :, :, None] * B[..., t, None, None, :]
-        state = torch.exp(dt_t * a[:, None, None]) * state + update
-        y_t = torch.einsum("...hpn,...n->...hp", state, C[..., t, :])
-        outputs.append(y_t if D is None else y_t + D[:, None] * x[..., t, :, :])
-    return torch.stack(outputs, dim=-3)
+    _batch_shape(("x", x, 3), ("dt", dt, 2), ("B", B, 2), ("C", C, 2))
+    y = scan(*_mamba2_realisation(dt, a, B, C), x.movedim(-3, -2)).movedim(-2, -3)
+    return y if D is None else y + D[:, None] * x
 
 
 # --- input-invariant operators ------------------------------------------------------------------
@@ -542,6 +505,17 @@ def _check_length(length: int) -> None:
         raise ValueError(f"length must be a positive int; got {length!r}")
 
 
+def _lti_realisation(
+    A: Tensor, B: Tensor, C: Tensor, batch: torch.Size, length: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(A, B, C) repeated at each of the L steps: (*batch, L, N[, N]), (*batch, L, N) twice."""
+    dense = A.ndim == B.ndim + 1
+    N = B.shape[-1]
+    steps = (*batch, length, N)
+    A_t = A[..., None, :, :].expand(*steps, N) if dense else A[..., None, :].expand(steps)
+    return A_t, B[..., None, :].expand(steps), C[..., None, :].expand(steps)
+
+
 def lti_ssm(A: Tensor, B: Tensor, C: Tensor, length: int) -> Operator:
     """Linear time-invariant SSM x_t = A x_{t-1} + B u_t, y_t = C . x_t: the Toeplitz operator
     T[i, j] = h[i - j] with impulse response h[m] = C^T A^m B.
@@ -560,15 +534,7 @@ def lti_ssm(A: Tensor, B: Tensor, C: Tensor, length: int) -> Operator:
         x = (A @ x[..., None])[..., 0] if dense else A * x
     h = torch.stack(torch.broadcast_tensors(*impulse), dim=-1)
     T = _toeplitz(h, length)
-    batch = T.shape[:-2]
-    realisation = (
-        A[..., None, :, :].expand(*batch, length, N, N)
-        if dense
-        else A[..., None, :].expand(*batch, length, N),
-        B[..., None, :].expand(*batch, length, N),
-        C[..., None, :].expand(*batch, length, N),
-    )
-    return Operator(T, realisation, N)
+    return Operator(T, _lti_realisation(A, B, C, T.shape[:-2], length), N)
 
 
 def lti_ssm_forward(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -576,16 +542,10 @@ def lti_ssm_forward(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
 
     u: (..., L); A: (..., N) diagonal or (..., N, N) dense; B, C: (..., N) -> y: (..., L).
     """
-    N, dense = _check_lti(A, B, C)
-    _check_shape("u", u, [("L", None)])
+    _, dense = _check_lti(A, B, C)
+    (L,) = _check_shape("u", u, [("L", None)])
     batch = _batch_shape(("u", u, 1), ("A", A, 1 + dense), ("B", B, 1), ("C", C, 1))
-    x = u.new_zeros(*batch, N)
-    outputs = []
-    for t in range(u.shape[-1]):
-        x = (A @ x[..., None])[..., 0] if dense else A * x
-        x = x + B * u[..., t, None]
-        outputs.append((C * x).sum(-1))
-    return torch.stack(outputs, dim=-1)
+    return scan(*_lti_realisation(A, B, C, batch, L), u[..., None])[..., 0]
 
 
 def convolution(kernel: Tensor, length: int) -> Operator:
@@ -621,27 +581,3 @@ def convolution_forward(u: Tensor, kernel: Tensor) -> Tensor:
     _batch_shape(("u", u, 1), ("kernel", kernel, 1))
     windows = F.pad(u, (k - 1, 0)).unfold(-1, k, 1)  # (..., L, k): u_{t-k+1} .. u_t
     return (windows * kernel.flip(-1)[..., None, :]).sum(-1)
-
-
-# --- realisation -> operator --------------------------------------------------------------------
-
-
-def materialise(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-    """T of a realisation, the slow, obvious way (the reference for the module's convention):
-    T[t, j] = C_t^T A_t ... A_{j+1} B_j for j < t, C_t . B_t for j = t, 0 for j > t.
-
-    A: (..., L, N) diagonal or (..., L, N, N) dense (as many batch dims as B, or one more);
-    B, C: (..., L, N). Returns T: (..., L, L). O(L^2 N) (diagonal) or O(L^2 N^2) (dense).
-    """
-    L, N = _check_shape("B", B, [("L", None), ("N", None)])
-    _check_shape("C", C, [("L", L), ("N", N)])
-    dense = _is_dense(A, B)
-    batch = _batch_shape(("A", A, 2 + dense), ("B", B, 2), ("C", C, 2))
-    # states[..., :, j]: the state at the current step t after a unit input at step j (0 for j > t)
-    states = B.new_zeros(*batch, N, L)
-    rows = []
-    for t in range(L):
-        states = A[..., t, :, :] @ states if dense else A[..., t, :, None] * states
-        states[..., :, t] = B[..., t, :]
-        rows.append(torch.einsum("...n,...nj->...j", C[..., t, :], states))
-    return torch.stack(rows, dim=-2)

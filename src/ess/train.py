@@ -196,7 +196,7 @@ def evaluate(
 def parameter_groups(model: LanguageModel, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices and embeddings (dim >= 2) only, as nanoGPT.
 
-    Biases, norms and the parameters marked by `ess.models.no_weight_decay` (WLA's decay_logit,
+    Biases, norms and the parameters marked by `ess.mixers.no_weight_decay` (WLA's decay_logit,
     A_log, dt_bias, D) are not decayed: shrinking those would move the transitions A themselves.
     """
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,5 +1,5 @@
 """Rule capture_operators: run the model ONCE on each seed's token sequence of the task and save
-the factors of every layer's operator (ess.hf.capture_operators, ess.hf.save_operators), one
+the factors of every layer's operator (ess.hf.capture_operators, ess.layers.save_operators), one
 file per seed."""
 
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 from sequence_io import read_sequence
 from workflow_job import load_model, record, start
 
-from ess.hf import capture_operators, save_operators
+from ess.hf import capture_operators
+from ess.layers import save_operators
 from ess.provenance import atomic_output
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble

@@ -2,7 +2,7 @@
 each seed's sequence, at the split positions E6's statistics use (ess.delimiters.trace_positions:
 the profile offsets around every boundary, plus a coarse stride), with the theoretical state
 size, as a long table (one row per layer x mixer x head x position). Attention goes through the
-dense path, SSMs through their realisation (ess.hf.layer_ess). Columns: ess_tolerance (tau =
+dense path, SSMs through their realisation (ess.measure.layer_ess). Columns: ess_tolerance (tau =
 params.tolerance), ess_entropy, and ess_tau_<tau> for each of params.tolerances, read off the same
 singular values.
 """
@@ -18,7 +18,8 @@ from sequence_io import read_sequence
 from workflow_job import record, start
 
 from ess.delimiters import trace_positions
-from ess.hf import layer_ess, load_operators
+from ess.layers import load_operators
+from ess.measure import layer_ess
 from ess.metric import tolerance_ess
 from ess.provenance import atomic_output
 
