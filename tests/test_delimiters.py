@@ -240,3 +240,33 @@ def test_drop_errors():
         delimiter_drop(pd.DataFrame({"x": [1.0]}), BOUNDARIES, trace, BOUNDARIES)
     with pytest.raises(ValueError, match="split positions start at 1"):
         delimiter_drop(pd.Series([1.0], index=[0]), BOUNDARIES, trace, BOUNDARIES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence files
+
+
+def test_sequence_files_round_trip_every_field(tokenizer, tmp_path):
+    import torch
+
+    from ess.sequence_files import from_dict, read_sequence, to_dict, write_sequence
+
+    sequence = build_delimited_sequence(tokenizer, PASSAGES, "end_of_speech", 200, seed=3)
+    again = from_dict(to_dict(sequence))
+    for name in ("delimited", *sequence.controls):
+        a = sequence if name == "delimited" else sequence.controls[name]
+        b = again if name == "delimited" else again.controls[name]
+        for field, value in vars(a).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, getattr(b, field)), field
+                assert value.dtype == getattr(b, field).dtype, field
+            elif isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(value, getattr(b, field))
+                assert value.dtype == getattr(b, field).dtype, field
+            elif field != "controls":
+                assert value == getattr(b, field), field
+    path = tmp_path / "sequence.json"
+    write_sequence(sequence, path)
+    control = read_sequence(path, "removed")
+    assert torch.equal(control.input_ids, sequence.controls["removed"].input_ids)
+    assert read_sequence(path).separator == sequence.separator

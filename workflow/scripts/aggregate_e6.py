@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from sequence_io import read_sequence
 from workflow_job import record, start
 
 from ess import modulation
 from ess.provenance import atomic_output
+from ess.sequence_files import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -4,12 +4,12 @@ file per seed."""
 
 from pathlib import Path
 
-from sequence_io import read_sequence
 from workflow_job import load_model, record, start
 
 from ess.hf import capture_operators
 from ess.layers import save_operators
 from ess.provenance import atomic_output
+from ess.sequence_files import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

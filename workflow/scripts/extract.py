@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sequence_io import read_sequence
 from workflow_job import record, start
 
 from ess.delimiters import trace_positions
@@ -22,6 +21,7 @@ from ess.layers import load_operators
 from ess.measure import layer_ess
 from ess.metric import tolerance_ess
 from ess.provenance import atomic_output
+from ess.sequence_files import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

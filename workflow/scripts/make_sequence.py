@@ -4,12 +4,12 @@ delimiter, with its controls (ess.delimiters.build_delimited_sequence), as one J
 
 from pathlib import Path
 
-from sequence_io import write_sequence
 from transformers import AutoTokenizer
 from workflow_job import record, start
 
 from ess.delimiters import build_delimited_sequence
 from ess.provenance import atomic_output
+from ess.sequence_files import write_sequence
 from ess.text import corpus_provenance, load_passages
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble

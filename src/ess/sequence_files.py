@@ -1,8 +1,9 @@
-"""JSON form of ess.delimiters.DelimitedSequence (the E6 sequence files), for the scripts.
+"""E6's sequence files: one ess.delimiters.DelimitedSequence (with its controls) as JSON.
 
 Written field by field from the dataclass, so a field added to DelimitedSequence travels
-without a change here: tensors as {"tensor": nested lists}, arrays as {"array": ..., "dtype"},
-tuples as lists, `controls` as a dict of sequences.
+without a change here: tensors as {"tensor": nested lists, "dtype"}, arrays as {"array",
+"dtype", "shape"}, tuples as {"tuple": [...]}, dicts (`controls`) as {"dict": {...}}, a nested
+sequence as {"sequence": {field: value}}.
 """
 
 from __future__ import annotations
@@ -48,19 +49,21 @@ def _decode(value):
 
 
 def to_dict(sequence: DelimitedSequence) -> dict:
+    """{"sequence": {field: encoded value}}, JSON-serialisable."""
     fields = {f.name: _encode(getattr(sequence, f.name)) for f in dataclasses.fields(sequence)}
     return {"sequence": fields}
 
 
 def from_dict(data: dict) -> DelimitedSequence:
+    """The sequence `to_dict` encoded, with the same dtypes."""
     return DelimitedSequence(**{name: _decode(value) for name, value in data["sequence"].items()})
 
 
-def write_sequence(sequence: DelimitedSequence, path: Path) -> None:
+def write_sequence(sequence: DelimitedSequence, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(sequence)) + "\n")
 
 
-def read_sequence(path: Path, condition: str = "delimited") -> DelimitedSequence:
+def read_sequence(path: str | Path, condition: str = "delimited") -> DelimitedSequence:
     """The sequence of `condition` ("delimited" or a control name) from a sequence file."""
     sequence = from_dict(json.loads(Path(path).read_text()))
     return sequence if condition == "delimited" else sequence.controls[condition]
