@@ -3,16 +3,30 @@
 The public entry points are `effective_state_size` (any materialised causal operator T) and
 `effective_state_size_ssm` (an operator given by a time-varying realisation (A, B, C), never
 materialised). See README.md for a worked example.
+
+They are loaded from their modules on first use, so that `import ess` and the analysis modules
+(ess.modulation, ess.stats, ess.publish, ess.delimiters) do not import torch: the aggregates
+and notebooks that only read tables run without it.
 """
 
-from ess.dense_path import effective_state_size
-from ess.metric import EssResult, effective_state_size_naive
-from ess.realisation_path import effective_state_size_ssm
+from importlib import import_module
 
-__all__ = [
-    "EssResult",
-    "effective_state_size",
-    "effective_state_size_naive",
-    "effective_state_size_ssm",
-]
+# Each public name and the module that defines it.
+_SOURCES = {
+    "EssResult": "ess.metric",
+    "effective_state_size": "ess.dense_path",
+    "effective_state_size_naive": "ess.metric",
+    "effective_state_size_ssm": "ess.realisation_path",
+}
+__all__ = list(_SOURCES)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(import_module(_SOURCES[name]), name)
+    raise AttributeError(f"module 'ess' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -55,15 +55,18 @@ flagged `near_end` and summarised apart (`summarise_drops`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ess.stats import bootstrap_mean_ci
+
+if TYPE_CHECKING:
+    import torch
 
 DELIMITERS = ("eos", "blank_line", "end_of_speech")
 CONTROLS = ("removed", "neutral")
@@ -237,6 +240,8 @@ def build_delimited_sequence(
     (K = the smallest count). add_bos: start every sequence with the tokenizer's bos token.
     Returns the delimited sequence, with the controls in `.controls`.
     """
+    import torch  # here, not at the top: reading the sequences' boundaries needs no torch
+
     if n_tokens < 2:
         raise ValueError(f"n_tokens must be >= 2, got {n_tokens}")
     if len(passages) < 2:
@@ -321,7 +326,12 @@ def as_trace(trace: Any, seq_len: int | None = None, value: str = "ess") -> tupl
     elif isinstance(trace, pd.Series):
         series = pd.Series(trace.to_numpy(float), index=trace.index.to_numpy(int))
     else:
-        values = np.asarray(trace.detach().cpu() if isinstance(trace, torch.Tensor) else trace)
+        # A tensor exists only once torch is imported: look for it there rather than import
+        # torch here (the analysis modules and notebooks run without it).
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(trace, torch.Tensor):
+            trace = trace.detach().cpu()
+        values = np.asarray(trace)
         if values.ndim != 1 or values.size == 0:
             raise ValueError(f"trace array must have shape (L-1,), got {values.shape}")
         series = pd.Series(values.astype(float), index=np.arange(1, values.size + 1))
