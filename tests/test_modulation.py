@@ -159,16 +159,18 @@ def test_layer_groups_are_thirds():
 # The whole chain on traces with a known drop
 
 
-def synthetic_traces(sequences, step):
-    """ESS per split: 10 everywhere, minus `step` for the 8 splits after each delimiter in the
-    delimited sequence only; two layers (layer 1 twice layer 0's drop)."""
+def synthetic_ess(sequences, step):
+    """An ESS table, one row per split: 10 everywhere, minus `step` (a number, or {model: step})
+    for the 8 splits after each delimiter in the delimited sequence only; two layers (layer 1
+    twice layer 0's drop); entropy-ESS half of tolerance-ESS, tau 1e-2 equal to it."""
     rows = []
     for (model, delimiter, seed), seq in sequences.items():
+        drop = step[model] if isinstance(step, dict) else step
         for task, built in [(delimiter, seq), *seq.controls.items()]:
             ess = np.full(built.length - 1, 10.0)
             if task == delimiter:
                 for _p, n in built.boundaries:
-                    ess[n : n + 8] -= step  # splits n+1 .. n+8 (index = split - 1)
+                    ess[n : n + 8] -= drop  # splits n+1 .. n+8 (index = split - 1)
             for layer in (0, 1):
                 value = 10.0 + (layer + 1) * (ess - 10.0)
                 rows.append(
@@ -182,10 +184,16 @@ def synthetic_traces(sequences, step):
                             "position": np.arange(1, built.length),
                             "ess_tolerance": value,
                             "ess_entropy": value / 2,
+                            modulation.tau_column(1e-2): value,
+                            "tss": 16,
                         }
                     )
                 )
-    return modulation.layer_traces(pd.concat(rows), ["ess_tolerance", "ess_entropy"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def synthetic_traces(sequences, step):
+    return modulation.layer_traces(synthetic_ess(sequences, step), ["ess_tolerance", "ess_entropy"])
 
 
 def test_the_chain_recovers_a_known_drop_and_profile():
@@ -230,3 +238,66 @@ def test_the_chain_recovers_a_known_drop_and_profile():
     control = profile[(profile["condition"] == "removed") & (profile["group"] == "all")]
     assert np.allclose(control.loc[control["metric"] == "ess_tolerance", "mean"], 10.0)
     assert set(profile["group"]) == {"all", "early", "middle"}  # 2 layers: no late third
+
+
+def test_aggregate_gives_every_table_of_the_rule():
+    """Three models whose delimiter drops ESS by 1, 2 and 3 (x1.5 over layers), with recall
+    gains in the same order: the hierarchy c > b > a and the drop-recall correlation are exact."""
+    tokenizer = WordTokenizer(PASSAGES)
+    sequences = {
+        (model, "eos", seed): build_delimited_sequence(tokenizer, PASSAGES, "eos", 300, seed)
+        for model in "abc"
+        for seed in (0, 1)
+    }
+    steps = {"a": 1.0, "b": 2.0, "c": 3.0}
+    recall = [
+        {"model": m, "recall_gain": g, "recall_gain_lo": g - 0.5, "recall_gain_hi": g + 0.5,
+         "ppl_ratio": 0.5, "n_second": 100, "logprob_first": -3.0}
+        for m, g in steps.items()
+    ]  # fmt: skip
+    tables = modulation.aggregate(
+        synthetic_ess(sequences, steps),
+        sequences,
+        recall,
+        controls=["removed", "neutral"],
+        before=8,
+        after=8,
+        boundary_margin=16,
+        offsets=OFFSETS,
+        hierarchy=["c", "b", "a"],
+        correlation="spearman",
+        n_boot=50,
+        confidence=0.95,
+        seed=0,
+    )
+    assert set(tables) == {
+        "traces", "boundaries", "by_layer", "by_model", "correlation", "profile", "hierarchy"
+    }  # fmt: skip
+    tau = modulation.tau_column(1e-2)
+    assert modulation.tau_of(tau) == 1e-2
+    boundaries = tables["boundaries"]
+    assert set(boundaries.loc[boundaries["metric"] == tau, "layer"]) == {modulation.ALL_LAYERS}
+    assert set(boundaries.loc[boundaries["metric"] != tau, "layer"]) == {0, 1, -1}
+    assert set(tables["by_layer"]["metric"]) == set(modulation.METRICS)
+
+    by_model = tables["by_model"].set_index(["model", "control", "metric", "measure", "boundaries"])
+    for model, step in steps.items():
+        row = by_model.loc[(model, "removed", tau, "drop_vs_control", "interior")]
+        assert row["mean"] == pytest.approx(1.5 * step) and row["significant"]
+        assert row["recall_gain"] == step and row["n_second"] == 100
+    assert "logprob_first" not in by_model.columns  # the recall columns only
+
+    correlation = tables["correlation"]
+    chosen = correlation[
+        (correlation["metric"] == "ess_tolerance") & (correlation["measure"] == "drop_vs_control")
+    ]
+    assert len(chosen) == 2 and (chosen["r"] == 1.0).all() and (chosen["n_measured"] == 3).all()
+    assert set(correlation["metric"]) == set(modulation.METRICS)  # no tau: METRICS only
+
+    hierarchy = tables["hierarchy"]
+    assert set(hierarchy["control"]) == {"removed"} and set(hierarchy["delimiter"]) == {
+        "eos",
+        "all",
+    }
+    assert (hierarchy["tau"] == 1.0).all()
+    assert set(tables["profile"]["condition"]) == {"delimited", "removed", "neutral"}

@@ -327,7 +327,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "capture_operators": 2,  # the delimiter and the control
         "extract": 2,  # layers 0 and 29 in one job per task
         "bigram_recall": 1,
-        "aggregate": 1,
+        "aggregate_e6": 1,
         **{name: 1 for name in FIGURES + TABLES},
         "all": 1,
     }, stats

@@ -76,7 +76,7 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "capture_operators": 35,
         "extract": 35,
         "bigram_recall": 7,
-        "aggregate": 1,
+        "aggregate_e6": 1,
         "e6_delimiter_traces": 1,
         "e6_boundary_profile": 1,
         "e6_drop_by_layer": 1,

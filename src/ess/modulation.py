@@ -2,9 +2,9 @@
 boundary-aligned profile, the paper's hierarchy of modulation across mixers, and the relation of
 the drop to recall (docs/method.md, E6).
 
-The workflow's `aggregate_e6.py` reads the files and calls these; the notebooks only plot and
-tabulate their results. Every interval is ess.stats's percentile bootstrap, and "significant"
-is ess.stats.excludes_zero of it, the one definition used across the project.
+`aggregate` is rule aggregate_e6: the workflow's script reads the files and calls it; the
+notebooks only plot and tabulate its tables. Every interval is ess.stats's percentile bootstrap,
+and "significant" is ess.stats.excludes_zero of it, the one definition used across the project.
 
 Inputs:
 
@@ -34,6 +34,19 @@ from ess.stats import (
 ALL_LAYERS = -1  # the mean over layers, "average ESS"
 LAYER_GROUPS = ("early", "middle", "late")
 MEASURES = ("drop", "drop_vs_control")
+METRICS = ("ess_tolerance", "ess_entropy")  # analysed at every layer; the taus over layers only
+TAU_PREFIX = "ess_tau_"  # tolerance-ESS at one tau of synthetic.ess.tolerances: ess_tau_1e-03
+RECALL_COLUMNS = ("recall_gain", "recall_gain_lo", "recall_gain_hi", "ppl_ratio", "n_second")
+
+
+def tau_column(tau: float) -> str:
+    """The ESS table's column of tolerance-ESS at `tau`: 1e-3 -> "ess_tau_1e-03"."""
+    return f"{TAU_PREFIX}{tau:.0e}"
+
+
+def tau_of(column: str) -> float:
+    """The tau of a `tau_column` name."""
+    return float(column.removeprefix(TAU_PREFIX))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,3 +410,86 @@ def design_text(
         f"({label}, mean over layers; 80% power at the CI's confidence) "
         f"{'; '.join(parts)} state dimensions across models and delimiters."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule aggregate_e6: every table above from the ESS tables, the sequences and recall
+
+
+def all_boundary_drops(
+    traces: pd.DataFrame,
+    sequences: Mapping[tuple[str, str, int], DelimitedSequence],
+    controls: Sequence[str],
+    before: int,
+    after: int,
+    boundary_margin: int,
+) -> pd.DataFrame:
+    """`boundary_drops` of every layer at METRICS, and of the mean over layers (ALL_LAYERS) at
+    every tau column of `traces` (`tau_column`; e6_drop_by_tau reads the mean over layers
+    only)."""
+    taus = [column for column in traces.columns if column.startswith(TAU_PREFIX)]
+    windows = dict(before=before, after=after, boundary_margin=boundary_margin)
+    over_layers = traces[traces["layer"] == ALL_LAYERS]
+    return pd.concat(
+        [
+            boundary_drops(traces, sequences, controls, METRICS, **windows),
+            boundary_drops(over_layers, sequences, controls, taus, **windows),
+        ],
+        ignore_index=True,
+    )
+
+
+def aggregate(
+    ess: pd.DataFrame,
+    sequences: Mapping[tuple[str, str, int], DelimitedSequence],
+    recall: Sequence[Mapping],
+    controls: Sequence[str],
+    before: int,
+    after: int,
+    boundary_margin: int,
+    offsets: Sequence[int],
+    hierarchy: Sequence[str],
+    correlation: str,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, pd.DataFrame]:
+    """E6's statistics, as rule aggregate_e6 writes them.
+
+    ess: the ESS tables of every model, task and seed concatenated, one row per (model, task,
+    seed, layer, mixer, head, position) with METRICS, tau columns and tss; sequences: as for
+    `boundary_drops`; recall: one record per model (model and RECALL_COLUMNS, as rule
+    bigram_recall writes them); controls: the first is the hierarchy's; the rest are the e6 and
+    stats config values of the same names. Returns:
+
+    - traces: `layer_traces` (mean over heads; layer ALL_LAYERS = the mean over layers);
+    - boundaries: `all_boundary_drops`, one row per boundary;
+    - by_layer: `summarise_drops_by` per model, delimiter, control, metric (METRICS) and layer;
+    - by_model: the same on the mean over layers at every metric and tau, with the model's
+      recall columns;
+    - correlation: `recall_correlations` of the interior rows of by_model at METRICS;
+    - profile: `summarise_profiles` of the per-layer-group profiles at METRICS;
+    - hierarchy: `hierarchy_table` at METRICS against controls[0].
+    """
+    stats = dict(n_boot=n_boot, confidence=confidence, seed=seed)
+    taus = [column for column in ess.columns if column.startswith(TAU_PREFIX)]
+    traces = layer_traces(ess, [*METRICS, *taus, "tss"])
+    boundaries = all_boundary_drops(traces, sequences, controls, before, after, boundary_margin)
+    keys = ["model", "delimiter", "control", "metric", "layer"]
+    by_layer = summarise_drops_by(boundaries, keys, **stats)
+    by_model = by_layer[by_layer["layer"] == ALL_LAYERS].drop(columns="layer")
+    recall_table = pd.DataFrame(list(recall), columns=["model", *RECALL_COLUMNS])
+    by_model = by_model.merge(recall_table, on="model", how="left")
+    interior = by_model[(by_model["boundaries"] == "interior") & by_model["metric"].isin(METRICS)]
+    grouped = group_traces(traces, METRICS)
+    profiles = boundary_profiles(grouped, sequences, controls, offsets, METRICS, boundary_margin)
+    main = boundaries[boundaries["metric"].isin(METRICS)]
+    return {
+        "traces": traces,
+        "boundaries": boundaries,
+        "by_layer": by_layer[by_layer["metric"].isin(METRICS)],
+        "by_model": by_model,
+        "correlation": recall_correlations(interior, correlation, n_boot, seed, confidence),
+        "profile": summarise_profiles(profiles, **stats),
+        "hierarchy": hierarchy_table(main, hierarchy, controls[0], **stats),
+    }

@@ -1,7 +1,7 @@
 # E6, state modulation in LLMs (the paper's Figure 7): ESS traced along real text whose passages
 # are joined by a context delimiter, against controls without one. Per model, delimiter and
 # seed: one token sequence (make_sequence); every task (delimiters and controls) is captured and
-# extracted by the rules of operators.smk; aggregate turns ESS per position into drops at the
+# extracted by the rules of operators.smk; aggregate_e6 turns ESS per position into drops at the
 # delimiters with bootstrap CIs; one rule per figure or table runs its notebook.
 
 # What E6 publishes: results/figures/<name>.{png,pdf} and results/tables/<name>.{csv,md,tex}.
@@ -109,7 +109,7 @@ rule bigram_recall:
         "../scripts/bigram_recall.py"
 
 
-rule aggregate:
+rule aggregate_e6:
     input:
         ess=e6_ess_tables(),
         sequences=e6_sequences(),
@@ -124,8 +124,8 @@ rule aggregate:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=resources_for("aggregate", "mem_mb", 4000),
-        runtime=resources_for("aggregate", "runtime", 30),
+        mem_mb=resources_for("aggregate_e6", "mem_mb", 4000),
+        runtime=resources_for("aggregate_e6", "runtime", 30),
     params:
         delimiters=config["e6"]["delimiters"],
         controls=config["e6"]["controls"],
