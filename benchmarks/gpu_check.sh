@@ -13,7 +13,7 @@
 # - the benchmark: every tolerance-ESS computed on the GPU equals the float64 definition's;
 # - ESS of the same captured operators (SmolLM2 layers 0, 15, 29) on the GPU and on the CPU:
 #   tolerance-ESS identical, entropy-ESS within 1e-6 relative;
-# - the whole slice (capture and extract on the GPU vs on the CPU): the per-layer mean ESS agree
+# - the whole slice (capture and ESS on the GPU vs on the CPU): the per-layer mean ESS agree
 #   within 1e-3 relative (the float32 forward pass rounds differently on the GPU, which can move
 #   a singular value across the threshold at a few positions: these are counted, not failed);
 # - the synthetic run trained on the GPU reaches the CPU run's test accuracy within 0.05 (GPU
@@ -22,7 +22,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-EXTRACT=results/ess/smollm2/eos/seed0/part0.parquet
+ESS_TABLE=results/ess/smollm2/eos/seed0/part0.parquet
 OPERATORS=results/operators/smollm2/eos/seed0.safetensors
 RUN=mqar/kv4/GLA/tss8/base/seed0
 TRAIN=results/train/$RUN/metrics.json
@@ -81,7 +81,7 @@ for device in cpu cuda; do
     fi
     echo "## workflow slice, device: $device"
     "$PYTHON" -m snakemake -s "$ROOT/Snakefile" -d "$WORK/$device" --cores 4 --quiet rules \
-        -- "$EXTRACT" "$TRAIN" || {
+        -- "$ESS_TABLE" "$TRAIN" || {
         echo "gpu_check.sh: FAILED: the workflow slice with device: $device (logs under" \
             "$WORK/$device/results/logs)" >&2
         exit 1
@@ -89,7 +89,7 @@ for device in cpu cuda; do
 done
 
 # 3. GPU against CPU, and the table.
-"$PYTHON" - "$WORK" "$EXTRACT" "$OPERATORS" "$RUN" <<'EOF'
+"$PYTHON" - "$WORK" "$ESS_TABLE" "$OPERATORS" "$RUN" <<'EOF'
 import json
 import sys
 import time
@@ -100,7 +100,7 @@ import torch
 
 from ess.hf import layer_ess, load_operators
 
-work, extract, operators, run = Path(sys.argv[1]), *sys.argv[2:]
+work, ess_table, operators, run = Path(sys.argv[1]), *sys.argv[2:]
 failures, rows = [], []
 
 
@@ -139,7 +139,7 @@ rows.append(
 )
 
 # the whole slice
-tables = {device: pd.read_parquet(work / device / extract) for device in ("cpu", "cuda")}
+tables = {device: pd.read_parquet(work / device / ess_table) for device in ("cpu", "cuda")}
 keys = ["layer", "mixer", "head", "position"]
 both = tables["cpu"].merge(tables["cuda"], on=keys, suffixes=("_cpu", "_cuda"))
 moved = int((both["ess_tolerance_cpu"] != both["ess_tolerance_cuda"]).sum())
@@ -153,7 +153,7 @@ if len(both) != len(tables["cpu"]) or worst > 1e-3:
     failures.append(f"SmolLM2 extraction: per-layer mean ESS differ by {worst:.2g} relative")
 for rule, name in (
     ("capture_operators", "smollm2/eos/seed0.tsv"),
-    ("extract", "smollm2/eos/seed0/part0.tsv"),
+    ("measure_e6_ess", "smollm2/eos/seed0/part0.tsv"),
 ):
     rows.append(
         [
@@ -162,7 +162,7 @@ for rule, name in (
             f"{seconds('cuda', rule, name):.1f}",
             f"{moved} of {len(both)} tolerance-ESS values moved; per-layer means within "
             f"{worst:.1g}"
-            if rule == "extract"
+            if rule == "measure_e6_ess"
             else "",
         ]
     )

@@ -41,7 +41,7 @@ SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\
 # jobs could run at a time; test_gpu_request_reaches_slurm covers `gpu: 1` -> `--gpus=1`.
 SMALL_SLURM_RESOURCES = [
     f"{rule}:{key}={value}"
-    for rule in ("capture_operators", "extract")
+    for rule in ("capture_operators", "measure_e6_ess")
     for key, value in (("cpus_per_task", 1), ("mem_mb", 4000), ("gpu", 0))
 ]
 
@@ -325,7 +325,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "convert_model": 1,
         "make_sequence": 1,
         "capture_operators": 2,  # the delimiter and the control
-        "extract": 2,  # layers 0 and 29 in one job per task
+        "measure_e6_ess": 2,  # layers 0 and 29 in one job per task
         "bigram_recall": 1,
         "aggregate_e6": 1,
         **{name: 1 for name in FIGURES + TABLES},
@@ -340,7 +340,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     run_id = re.search(r"SLURM run ID: (\S+)", log)[1]  # the plugin's job name
     assert {acct[j]["JobName"] for j in ids} == {run_id}, acct
     for rule, j in jobs:  # the --set-resources above reached sbatch
-        if rule in ("capture_operators", "extract"):
+        if rule in ("capture_operators", "measure_e6_ess"):
             assert "cpu=1," in acct[j]["AllocTRES"] + ",", acct[j]
             assert "gres/gpu" not in acct[j]["AllocTRES"], acct[j]
 

@@ -67,14 +67,14 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
     assert run.returncode == 0, run.stderr + run.stdout
     # 7 models (SmolLM2 and Gemma-3 fetched; SA, LA, GLA, WLA and S6 LMs trained here) x
     # (3 delimiters + 2 controls); one job covers every seed of a model and task, and all of a
-    # model's layers (one extract job each)
+    # model's layers (one measure_e6_ess job each)
     assert job_counts(run.stdout) == {
         "fetch_model": 2,
         "convert_model": 2,
         "train_language_model": 5,
         "make_sequence": 21,
         "capture_operators": 35,
-        "extract": 35,
+        "measure_e6_ess": 35,
         "bigram_recall": 7,
         "aggregate_e6": 1,
         "e6_delimiter_traces": 1,
@@ -95,7 +95,7 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
     }
 
 
-def test_paper_dag_has_one_extract_job_per_model_task_and_layer(tmp_path):
+def test_paper_dag_has_one_measure_e6_ess_job_per_model_task_and_layer(tmp_path):
     """paper.yaml sets layers_per_job: 1 (a 7B layer takes minutes and a GPU); one job covers
     every seed."""
     run = dry_run(tmp_path, "all", "--configfile", str(tmp_path / "config" / "paper.yaml"))
@@ -106,7 +106,7 @@ def test_paper_dag_has_one_extract_job_per_model_task_and_layer(tmp_path):
     tasks = 3 + 2
     assert counts["fetch_model"] == len(paper["e6"]["models"])
     assert counts["capture_operators"] == len(paper["e6"]["models"]) * tasks
-    assert counts["extract"] == layers * tasks
+    assert counts["measure_e6_ess"] == layers * tasks
 
 
 def test_snakemake_lint_is_clean():

@@ -2,7 +2,7 @@
 # layer's operator factors (capture_operators), then one job per group of layers
 # (models.<model>.layers_per_job) computes ESS at the split positions E6 uses (around every
 # boundary, plus a coarse stride) of every head/channel, with the theoretical state size
-# (extract). One job covers every seed (passage order) of a model and task: a job pays seconds
+# (measure_e6_ess). One job covers every seed (passage order) of a model and task: a job pays seconds
 # to start and load the model, a sequence costs less than that.
 
 
@@ -45,7 +45,7 @@ rule capture_operators:
         "../scripts/capture_operators.py"
 
 
-rule extract:
+rule measure_e6_ess:
     input:
         operators=seed_paths(operators_path, "{model}", "{task}"),
         operators_manifests=[
@@ -61,16 +61,16 @@ rule extract:
             for path in seed_paths(ess_path_of_part, "{model}", "{task}", "{part}")
         ],
     log:
-        "results/logs/extract/{model}/{task}/part{part}.log",
+        "results/logs/measure_e6_ess/{model}/{task}/part{part}.log",
     benchmark:
-        "results/benchmarks/extract/{model}/{task}/part{part}.tsv"
+        "results/benchmarks/measure_e6_ess/{model}/{task}/part{part}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("extract", "threads", 1)
+    threads: resources_for("measure_e6_ess", "threads", 1)
     resources:
-        mem_mb=resources_for("extract", "mem_mb", 2000),
-        runtime=resources_for("extract", "runtime", 20),
-        gpu=resources_for("extract", "gpu", 0),
+        mem_mb=resources_for("measure_e6_ess", "mem_mb", 2000),
+        runtime=resources_for("measure_e6_ess", "runtime", 20),
+        gpu=resources_for("measure_e6_ess", "gpu", 0),
     params:
         seeds=e6_seeds(),
         condition=lambda wildcards: e6_condition(wildcards.task),
@@ -85,4 +85,4 @@ rule extract:
     message:
         "ESS of layers {params.layers} of {wildcards.model} on {wildcards.task} (every seed)"
     script:
-        "../scripts/extract.py"
+        "../scripts/measure_e6_ess.py"
