@@ -5,7 +5,7 @@ name why they still install it)."""
 import subprocess
 import sys
 
-ANALYSIS_MODULES = ["ess", "ess.modulation", "ess.stats", "ess.publish", "ess.delimiters"]
+ANALYSIS_MODULES = ["ess", "ess.modulation", "ess.stats", "ess.publish", "ess.delimiters", "ess.e6"]
 
 
 def test_analysis_modules_do_not_import_torch():

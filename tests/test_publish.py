@@ -10,8 +10,10 @@ import pandas as pd
 from ess.provenance import audit, manifest_path
 from ess.publish import (
     formatted,
+    interval_text,
     latex_escape,
     latex_table,
+    line_with_band,
     markdown_table,
     save_figure,
     save_table,
@@ -30,6 +32,29 @@ def small_table():
 def test_formatted_gives_four_significant_digits_and_dashes_for_missing():
     shown = formatted(small_table())
     assert shown.to_numpy().tolist() == [["GLA", "1.235", "14", "-"], ["S6", "-", "3", "x"]]
+
+
+def test_interval_text_gives_two_decimals():
+    assert interval_text(0.155, 0.0149, 0.3) == "0.15 [0.01, 0.30]"
+    assert interval_text(-0.004, -0.17, 0.09) == "-0.00 [-0.17, 0.09]"
+    assert interval_text(np.nan, np.nan, np.nan) == "nan [nan, nan]"
+
+
+def test_line_with_band_shades_the_interval_in_the_line_colour():
+    fig, ax = plt.subplots()
+    rows = pd.DataFrame(
+        {"offset": [2, 0, 1], "mean": [3.0, 1.0, 2.0], "lo": [2.5, 0.5, 1.5], "hi": [3.5, 1.5, 2.5]}
+    )
+    line_with_band(ax, rows, "offset", color="C3")
+    (line,) = ax.get_lines()
+    assert line.get_xdata().tolist() == [0, 1, 2] and line.get_color() == "C3"  # sorted by x
+    assert line.get_ydata().tolist() == [1.0, 2.0, 3.0]
+    (band,) = ax.collections
+    vertices = band.get_paths()[0].vertices
+    assert vertices[:, 1].min() == 0.5 and vertices[:, 1].max() == 3.5
+    assert np.allclose(band.get_facecolor()[0][:3], matplotlib.colors.to_rgb("C3"))
+    assert band.get_alpha() == 0.15
+    plt.close(fig)
 
 
 def test_markdown_table():

@@ -6,7 +6,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ess.stats import bootstrap_mean_ci, correlation_with_ci, pearson_rows, spearman_rows
+from ess.stats import (
+    bootstrap_mean_ci,
+    correlation_with_ci,
+    pearson_rows,
+    positive_verdict,
+    spearman_rows,
+)
 
 
 def test_bootstrap_ci_covers_the_true_mean():
@@ -110,3 +116,18 @@ def test_row_correlations_match_numpy_and_scipy(xy):
 
 def test_row_correlation_of_a_constant_row_is_nan():
     assert np.isnan(pearson_rows(np.ones(5), np.arange(5.0)))
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "verdict"),
+    [
+        (0.1, 0.9, "held"),
+        (-0.9, -0.1, "opposite"),
+        (-0.1, 0.9, "not shown"),
+        (0.0, 0.9, "not shown"),  # touching 0 is not excluding it (excludes_zero)
+        (np.nan, np.nan, "untested"),
+        (0.1, np.nan, "untested"),
+    ],
+)
+def test_positive_verdict_reads_the_interval(lo, hi, verdict):
+    assert positive_verdict(lo, hi) == verdict

@@ -386,32 +386,6 @@ def hierarchy_table(
     return pd.DataFrame(rows)
 
 
-def design_text(
-    by_model: pd.DataFrame, metric: str = "ess_tolerance", measure: str = "drop_vs_control"
-) -> str:
-    """One sentence stating the design's power, for captions: the interior boundaries per model
-    and delimiter (min-max) and the minimum detectable drop (`summarise`'s mde: 80% power,
-    two-sided at the interval's confidence) per control, from a per-model summary."""
-    rows = by_model[
-        (by_model["boundaries"] == "interior")
-        & (by_model["metric"] == metric)
-        & (by_model["measure"] == measure)
-    ]
-    if rows.empty:
-        return ""
-    parts = [
-        f"vs {control} {group['mde'].min():.2f}-{group['mde'].max():.2f}"
-        for control, group in rows.groupby("control")
-    ]
-    label = {"ess_tolerance": "tolerance-ESS", "ess_entropy": "entropy-ESS"}.get(metric, metric)
-    return (
-        f"Design: {rows['n'].min()}-{rows['n'].max()} interior boundaries per model and "
-        f"delimiter (seeds pooled); minimum detectable {measure.replace('_', ' ')} "
-        f"({label}, mean over layers; 80% power at the CI's confidence) "
-        f"{'; '.join(parts)} state dimensions across models and delimiters."
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Rule aggregate_e6: every table above from the ESS tables, the sequences and recall
 

@@ -5,6 +5,7 @@ inputs, the settings behind it, the notebook that made it and its caption, so `e
 walk back from any figure or table to the data.
 
     shown = formatted(table)                       # numbers as text, NaN as "-"
+    interval_text(mean, lo, hi)                    # "0.16 [0.01, 0.30]"
     markdown = markdown_table(shown) + "\\n\\n" + caption + "\\n"
     latex = latex_table(shown, caption, "tab:e1_correlations")
     save_table(table, markdown, latex, [csv, md, tex], inputs, caption, settings, started, nb)
@@ -40,6 +41,12 @@ def formatted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).map(text)
 
 
+def interval_text(mean: float, lo: float, hi: float) -> str:
+    """An estimate with its interval as the tables and captions show it: "0.16 [0.01, 0.30]"
+    (two decimals; a NaN shows as "nan")."""
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table of frame (header row, then one row per record)."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
@@ -70,6 +77,15 @@ def latex_table(frame: pd.DataFrame, caption: str, label: str) -> str:
         "\\end{table}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def line_with_band(ax: Any, rows: pd.DataFrame, x: str, **style: Any) -> None:
+    """A summary's mean against column `x` on the matplotlib axes `ax`, with its interval
+    [lo, hi] shaded in the line's colour (alpha 0.15). rows: columns x, mean, lo, hi (any
+    order: sorted by x here); style: matplotlib line options (color, ls, label, ...)."""
+    rows = rows.sort_values(x)
+    line = ax.plot(rows[x], rows["mean"], lw=1.0, **style)[0]
+    ax.fill_between(rows[x], rows["lo"], rows["hi"], color=line.get_color(), alpha=0.15)
 
 
 def _manifest(

@@ -140,6 +140,18 @@ def excludes_zero(lo: float, hi: float) -> bool:
     return bool((lo > 0.0 and hi > 0.0) or (lo < 0.0 and hi < 0.0))
 
 
+def positive_verdict(lo: float, hi: float) -> str:
+    """The verdict on a claim that a quantity is positive, from its interval [lo, hi]: "held"
+    (the interval excludes 0, `excludes_zero`, and lies above it), "opposite" (it excludes 0
+    and lies below), "not shown" (it contains 0) or "untested" (a NaN bound: nothing was
+    estimated, e.g. a correlation over fewer than 3 values)."""
+    if np.isnan(lo) or np.isnan(hi):
+        return "untested"
+    if not excludes_zero(lo, hi):
+        return "not shown"
+    return "held" if lo > 0 else "opposite"
+
+
 def minimum_detectable_effect(
     lo: float, hi: float, confidence: float = 0.95, power: float = 0.8
 ) -> float:
