@@ -77,13 +77,8 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "measure_e6_ess": 35,
         "bigram_recall": 7,
         "aggregate_e6": 1,
-        "e6_delimiter_traces": 1,
-        "e6_boundary_profile": 1,
-        "e6_drop_by_layer": 1,
-        "e6_delimiter_drop": 1,
-        "e6_drop_vs_recall": 1,
-        "e6_hierarchy": 1,
-        "e6_drop_by_tau": 1,
+        "e6_figure": 4,
+        "e6_table": 3,
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 30 distinct cells x 3 seeds
         "make_task_split": 4,
         "train_synthetic": 90,
@@ -238,11 +233,14 @@ def small_run(tmp_path_factory):
 
 
 def report_caption(name: str, kind: str) -> str:
-    """The start of a result's caption as workflow/report/*.rst writes it: up to its first
-    config value, with the result's own name filled in and reST's backticks dropped."""
-    own = ROOT / "workflow" / "report" / f"{name}.rst"
-    source = own if own.is_file() else ROOT / "workflow" / "report" / f"synthetic_{kind}.rst"
-    text = source.read_text().replace("{{ snakemake.wildcards.name }}", name)
+    """The start of a result's caption as workflow/report/<e6|synthetic>_<kind>.rst writes it:
+    up to its first config value, with the result's own name filled in and reST's backticks
+    dropped. The E6 files hold one block per result, opened by
+    `{% if/elif snakemake.wildcards.name == "<name>" %}`."""
+    experiment = "e6" if name.startswith("e6_") else "synthetic"
+    text = (ROOT / "workflow" / "report" / f"{experiment}_{kind}.rst").read_text()
+    block = re.search(rf'snakemake\.wildcards\.name == "{name}" %}}\n(.*?)\{{%', text, re.DOTALL)
+    text = (block[1] if block else text).replace("{{ snakemake.wildcards.name }}", name)
     return " ".join(text.split("{{", 1)[0].replace("`", "").split())
 
 

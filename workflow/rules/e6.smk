@@ -2,7 +2,8 @@
 # are joined by a context delimiter, against controls without one. Per model, delimiter and
 # seed: one token sequence (make_sequence); every task (delimiters and controls) is captured and
 # extracted by the rules of operators.smk; aggregate_e6 turns ESS per position into drops at the
-# delimiters with bootstrap CIs; one rule per figure or table runs its notebook.
+# delimiters with bootstrap CIs; rules e6_figure and e6_table run each figure's or table's
+# notebook.
 
 # What E6 publishes: results/figures/<name>.{png,pdf} and results/tables/<name>.{csv,md,tex}.
 E6_FIGURES = [
@@ -32,6 +33,10 @@ E6_AGGREGATE = {
     # Kendall's tau of the drops of e6.hierarchy against its stated order
     "hierarchy": "results/aggregate/e6_hierarchy.parquet",
     "hierarchy_csv": "results/aggregate/e6_hierarchy.csv",
+}
+# What the notebooks read: the parquet tables (each CSV above is a copy of one of them)
+E6_TABLES = {
+    name: path for name, path in E6_AGGREGATE.items() if path.endswith(".parquet")
 }
 
 
@@ -145,295 +150,89 @@ rule aggregate_e6:
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures and tables: one notebook each, executed with papermill; the executed notebook is kept.
+# Figures and tables: one notebook each (notebooks/<name>.ipynb), all reading the aggregate's
+# tables, executed with papermill; the executed notebook is kept.
 
 
-rule e6_delimiter_traces:
+def e6_notebook_parameters(kind):
+    """params of an E6 figure or table notebook: the paths of the aggregate's tables and of
+    the outputs, and the config behind the numbers (stated in the captions)."""
+    outputs = ["png", "pdf"] if kind == "figure" else ["csv", "md", "tex"]
+    return notebook_parameters(
+        ["notebook", *E6_TABLES],
+        outputs,
+        delimiters=config["e6"]["delimiters"],
+        controls=config["e6"]["controls"],
+        seed=config["e6"]["seeds"][0],
+        settings=e6_settings(),
+    )
+
+
+rule e6_figure:
     input:
-        notebook=notebook_path("e6_delimiter_traces"),
-        traces=E6_AGGREGATE["traces"],
-        traces_manifest=manifest(E6_AGGREGATE["traces"]),
-        boundaries=E6_AGGREGATE["boundaries"],
-        boundaries_manifest=manifest(E6_AGGREGATE["boundaries"]),
+        **E6_TABLES,
+        notebook=notebook_path("{name}"),
     output:
         png=report(
-            "results/figures/e6_delimiter_traces.png",
-            caption="../report/e6_delimiter_traces.rst",
+            "results/figures/{name}.png",
+            caption="../report/e6_figure.rst",
             category="E6 state modulation",
         ),
-        pdf="results/figures/e6_delimiter_traces.pdf",
+        pdf="results/figures/{name}.pdf",
         manifests=multiext(
-            "results/figures/e6_delimiter_traces",
-            ".png.manifest.json",
-            ".pdf.manifest.json",
+            "results/figures/{name}", ".png.manifest.json", ".pdf.manifest.json"
         ),
-        notebook="results/notebooks/e6_delimiter_traces.ipynb",
+        notebook="results/notebooks/{name}.ipynb",
     log:
-        "results/logs/notebooks/e6_delimiter_traces.log",
+        "results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(FIGURES["e6"]),
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("e6_delimiter_traces", "mem_mb", 2000),
-        runtime=resources_for("e6_delimiter_traces", "runtime", 10),
+        mem_mb=resources_for("e6_figure", "mem_mb", 2000),
+        runtime=resources_for("e6_figure", "runtime", 10),
     params:
-        parameters=notebook_parameters(
-            ["traces", "boundaries", "notebook"],
-            ["png", "pdf"],
-            delimiters=config["e6"]["delimiters"],
-            controls=config["e6"]["controls"],
-            seed=config["e6"]["seeds"][0],
-            settings=e6_settings(),
-        ),
+        parameters=e6_notebook_parameters("figure"),
     message:
-        "Figure e6_delimiter_traces: ESS along the text, delimiters vs controls"
+        "Figure {wildcards.name}"
     shell:
         "papermill -k python3 --log-output -y {params.parameters:q} "
         "{input.notebook} {output.notebook} > {log} 2>&1"
 
 
-rule e6_drop_by_layer:
+rule e6_table:
     input:
-        notebook=notebook_path("e6_drop_by_layer"),
-        by_layer=E6_AGGREGATE["by_layer"],
-        by_layer_manifest=manifest(E6_AGGREGATE["by_layer"]),
-    output:
-        png=report(
-            "results/figures/e6_drop_by_layer.png",
-            caption="../report/e6_drop_by_layer.rst",
-            category="E6 state modulation",
-        ),
-        pdf="results/figures/e6_drop_by_layer.pdf",
-        manifests=multiext(
-            "results/figures/e6_drop_by_layer",
-            ".png.manifest.json",
-            ".pdf.manifest.json",
-        ),
-        notebook="results/notebooks/e6_drop_by_layer.ipynb",
-    log:
-        "results/logs/notebooks/e6_drop_by_layer.log",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=resources_for("e6_drop_by_layer", "mem_mb", 2000),
-        runtime=resources_for("e6_drop_by_layer", "runtime", 10),
-    params:
-        parameters=notebook_parameters(
-            ["by_layer", "notebook"], ["png", "pdf"], settings=e6_settings()
-        ),
-    message:
-        "Figure e6_drop_by_layer: ESS drop at delimiters per layer, with bootstrap CIs"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule e6_delimiter_drop:
-    input:
-        notebook=notebook_path("e6_delimiter_drop"),
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
-        correlation=E6_AGGREGATE["correlation"],
-        correlation_manifest=manifest(E6_AGGREGATE["correlation"]),
+        **E6_TABLES,
+        notebook=notebook_path("{name}"),
     output:
         csv=report(
-            "results/tables/e6_delimiter_drop.csv",
-            caption="../report/e6_delimiter_drop.rst",
+            "results/tables/{name}.csv",
+            caption="../report/e6_table.rst",
             category="E6 state modulation",
         ),
-        md="results/tables/e6_delimiter_drop.md",
-        tex="results/tables/e6_delimiter_drop.tex",
+        md="results/tables/{name}.md",
+        tex="results/tables/{name}.tex",
         manifests=multiext(
-            "results/tables/e6_delimiter_drop",
+            "results/tables/{name}",
             ".csv.manifest.json",
             ".md.manifest.json",
             ".tex.manifest.json",
         ),
-        notebook="results/notebooks/e6_delimiter_drop.ipynb",
+        notebook="results/notebooks/{name}.ipynb",
     log:
-        "results/logs/notebooks/e6_delimiter_drop.log",
+        "results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(TABLES["e6"]),
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("e6_delimiter_drop", "mem_mb", 2000),
-        runtime=resources_for("e6_delimiter_drop", "runtime", 10),
+        mem_mb=resources_for("e6_table", "mem_mb", 2000),
+        runtime=resources_for("e6_table", "runtime", 10),
     params:
-        parameters=notebook_parameters(
-            ["by_model", "correlation", "notebook"],
-            ["csv", "md", "tex"],
-            settings=e6_settings(),
-        ),
+        parameters=e6_notebook_parameters("table"),
     message:
-        "Table e6_delimiter_drop: ESS drop per model and delimiter, recall, correlation"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule e6_drop_vs_recall:
-    input:
-        notebook=notebook_path("e6_drop_vs_recall"),
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
-        correlation=E6_AGGREGATE["correlation"],
-        correlation_manifest=manifest(E6_AGGREGATE["correlation"]),
-    output:
-        png=report(
-            "results/figures/e6_drop_vs_recall.png",
-            caption="../report/e6_drop_vs_recall.rst",
-            category="E6 state modulation",
-        ),
-        pdf="results/figures/e6_drop_vs_recall.pdf",
-        manifests=multiext(
-            "results/figures/e6_drop_vs_recall",
-            ".png.manifest.json",
-            ".pdf.manifest.json",
-        ),
-        notebook="results/notebooks/e6_drop_vs_recall.ipynb",
-    log:
-        "results/logs/notebooks/e6_drop_vs_recall.log",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=resources_for("e6_drop_vs_recall", "mem_mb", 2000),
-        runtime=resources_for("e6_drop_vs_recall", "runtime", 10),
-    params:
-        parameters=notebook_parameters(
-            ["by_model", "correlation", "notebook"],
-            ["png", "pdf"],
-            delimiters=config["e6"]["delimiters"],
-            controls=config["e6"]["controls"],
-            settings=e6_settings(),
-        ),
-    message:
-        "Figure e6_drop_vs_recall: ESS drop at delimiters per model against its bigram recall"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule e6_boundary_profile:
-    input:
-        notebook=notebook_path("e6_boundary_profile"),
-        profile=E6_AGGREGATE["profile"],
-        profile_manifest=manifest(E6_AGGREGATE["profile"]),
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
-    output:
-        png=report(
-            "results/figures/e6_boundary_profile.png",
-            caption="../report/e6_boundary_profile.rst",
-            category="E6 state modulation",
-        ),
-        pdf="results/figures/e6_boundary_profile.pdf",
-        manifests=multiext(
-            "results/figures/e6_boundary_profile",
-            ".png.manifest.json",
-            ".pdf.manifest.json",
-        ),
-        notebook="results/notebooks/e6_boundary_profile.ipynb",
-    log:
-        "results/logs/notebooks/e6_boundary_profile.log",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=resources_for("e6_boundary_profile", "mem_mb", 2000),
-        runtime=resources_for("e6_boundary_profile", "runtime", 10),
-    params:
-        parameters=notebook_parameters(
-            ["profile", "by_model", "notebook"],
-            ["png", "pdf"],
-            delimiters=config["e6"]["delimiters"],
-            controls=config["e6"]["controls"],
-            settings=e6_settings(),
-        ),
-    message:
-        "Figure e6_boundary_profile: mean ESS against the offset from the delimiter"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule e6_hierarchy:
-    input:
-        notebook=notebook_path("e6_hierarchy"),
-        hierarchy=E6_AGGREGATE["hierarchy"],
-        hierarchy_manifest=manifest(E6_AGGREGATE["hierarchy"]),
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
-        correlation=E6_AGGREGATE["correlation"],
-        correlation_manifest=manifest(E6_AGGREGATE["correlation"]),
-    output:
-        csv=report(
-            "results/tables/e6_hierarchy.csv",
-            caption="../report/e6_hierarchy.rst",
-            category="E6 state modulation",
-        ),
-        md="results/tables/e6_hierarchy.md",
-        tex="results/tables/e6_hierarchy.tex",
-        manifests=multiext(
-            "results/tables/e6_hierarchy",
-            ".csv.manifest.json",
-            ".md.manifest.json",
-            ".tex.manifest.json",
-        ),
-        notebook="results/notebooks/e6_hierarchy.ipynb",
-    log:
-        "results/logs/notebooks/e6_hierarchy.log",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=resources_for("e6_hierarchy", "mem_mb", 2000),
-        runtime=resources_for("e6_hierarchy", "runtime", 10),
-    params:
-        parameters=notebook_parameters(
-            ["hierarchy", "by_model", "correlation", "notebook"],
-            ["csv", "md", "tex"],
-            hierarchy_models=config["e6"]["hierarchy"],
-            settings=e6_settings(),
-        ),
-    message:
-        "Table e6_hierarchy: the paper's order of modulation SA > GLA > WLA > LA as Kendall's tau"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule e6_drop_by_tau:
-    input:
-        notebook=notebook_path("e6_drop_by_tau"),
-        by_model=E6_AGGREGATE["by_model"],
-        by_model_manifest=manifest(E6_AGGREGATE["by_model"]),
-    output:
-        csv=report(
-            "results/tables/e6_drop_by_tau.csv",
-            caption="../report/e6_drop_by_tau.rst",
-            category="E6 state modulation",
-        ),
-        md="results/tables/e6_drop_by_tau.md",
-        tex="results/tables/e6_drop_by_tau.tex",
-        manifests=multiext(
-            "results/tables/e6_drop_by_tau",
-            ".csv.manifest.json",
-            ".md.manifest.json",
-            ".tex.manifest.json",
-        ),
-        notebook="results/notebooks/e6_drop_by_tau.ipynb",
-    log:
-        "results/logs/notebooks/e6_drop_by_tau.log",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=resources_for("e6_drop_by_tau", "mem_mb", 2000),
-        runtime=resources_for("e6_drop_by_tau", "runtime", 10),
-    params:
-        parameters=notebook_parameters(
-            ["by_model", "notebook"],
-            ["csv", "md", "tex"],
-            control=config["e6"]["controls"][0],
-            settings=e6_settings(),
-        ),
-    message:
-        "Table e6_drop_by_tau: the drop at every tau of tolerance-ESS and at entropy-ESS"
+        "Table {wildcards.name}"
     shell:
         "papermill -k python3 --log-output -y {params.parameters:q} "
         "{input.notebook} {output.notebook} > {log} 2>&1"
