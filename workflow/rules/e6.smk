@@ -154,18 +154,14 @@ rule aggregate_e6:
 # tables, executed with papermill; the executed notebook is kept.
 
 
-def e6_notebook_parameters(kind):
-    """params of an E6 figure or table notebook: the paths of the aggregate's tables and of
-    the outputs, and the config behind the numbers (stated in the captions)."""
-    outputs = ["png", "pdf"] if kind == "figure" else ["csv", "md", "tex"]
-    return notebook_parameters(
-        ["notebook", *E6_TABLES],
-        outputs,
-        delimiters=config["e6"]["delimiters"],
-        controls=config["e6"]["controls"],
-        seed=config["e6"]["seeds"][0],
-        settings=e6_settings(),
-    )
+# Every E6 notebook gets, besides the paths of the aggregate's tables and of its outputs, the
+# config behind its numbers (stated in the captions).
+E6_NOTEBOOK_VALUES = dict(
+    delimiters=config["e6"]["delimiters"],
+    controls=config["e6"]["controls"],
+    seed=config["e6"]["seeds"][0],
+    settings=e6_settings(),
+)
 
 
 rule e6_figure:
@@ -193,7 +189,9 @@ rule e6_figure:
         mem_mb=resources_for("e6_figure", "mem_mb", 2000),
         runtime=resources_for("e6_figure", "runtime", 10),
     params:
-        parameters=e6_notebook_parameters("figure"),
+        parameters=notebook_parameters(
+            ["notebook", *E6_TABLES], ["png", "pdf"], **E6_NOTEBOOK_VALUES
+        ),
     message:
         "Figure {wildcards.name}"
     shell:
@@ -230,7 +228,9 @@ rule e6_table:
         mem_mb=resources_for("e6_table", "mem_mb", 2000),
         runtime=resources_for("e6_table", "runtime", 10),
     params:
-        parameters=e6_notebook_parameters("table"),
+        parameters=notebook_parameters(
+            ["notebook", *E6_TABLES], ["csv", "md", "tex"], **E6_NOTEBOOK_VALUES
+        ),
     message:
         "Table {wildcards.name}"
     shell:
