@@ -35,7 +35,7 @@ E6_AGGREGATE = {
     "hierarchy_csv": "results/aggregate/e6_hierarchy.csv",
 }
 # What the notebooks read: the parquet tables (each CSV above is a copy of one of them)
-E6_TABLES = {
+E6_NOTEBOOK_INPUTS = {
     name: path for name, path in E6_AGGREGATE.items() if path.endswith(".parquet")
 }
 
@@ -166,7 +166,7 @@ E6_NOTEBOOK_VALUES = dict(
 
 rule e6_figure:
     input:
-        **E6_TABLES,
+        **E6_NOTEBOOK_INPUTS,
         notebook=notebook_path("{name}"),
     output:
         png=report(
@@ -182,7 +182,7 @@ rule e6_figure:
     log:
         "results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(FIGURES["e6"]),
+        name="|".join(E6_FIGURES),
     conda:
         "../../envs/notebooks.yaml"
     resources:
@@ -190,7 +190,7 @@ rule e6_figure:
         runtime=resources_for("e6_figure", "runtime", 10),
     params:
         parameters=notebook_parameters(
-            ["notebook", *E6_TABLES], ["png", "pdf"], **E6_NOTEBOOK_VALUES
+            ["notebook", *E6_NOTEBOOK_INPUTS], ["png", "pdf"], **E6_NOTEBOOK_VALUES
         ),
     message:
         "Figure {wildcards.name}"
@@ -201,7 +201,7 @@ rule e6_figure:
 
 rule e6_table:
     input:
-        **E6_TABLES,
+        **E6_NOTEBOOK_INPUTS,
         notebook=notebook_path("{name}"),
     output:
         csv=report(
@@ -221,7 +221,7 @@ rule e6_table:
     log:
         "results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(TABLES["e6"]),
+        name="|".join(E6_TABLES),
     conda:
         "../../envs/notebooks.yaml"
     resources:
@@ -229,7 +229,7 @@ rule e6_table:
         runtime=resources_for("e6_table", "runtime", 10),
     params:
         parameters=notebook_parameters(
-            ["notebook", *E6_TABLES], ["csv", "md", "tex"], **E6_NOTEBOOK_VALUES
+            ["notebook", *E6_NOTEBOOK_INPUTS], ["csv", "md", "tex"], **E6_NOTEBOOK_VALUES
         ),
     message:
         "Table {wildcards.name}"
