@@ -1,8 +1,8 @@
 """What the library and the rules import.
 
-`import ess` and the analysis modules do not import torch, so the aggregates and notebooks that
-only read tables do not need it for that (envs/analysis.yaml and envs/notebooks.yaml say why
-they still install it). And every conda env of envs/ installs what its rules import: the
+`import ess` and the analysis modules do not import torch, so the notebooks run without it
+(envs/notebooks.yaml has none; envs/analysis.yaml says why aggregate_e6 still needs it). And
+every conda env of envs/ installs what its rules import: the
 third-party packages imported at module level by each rule's script (or, for the notebook
 rules, by the notebooks) and by the ess modules those import, followed through the library.
 """
