@@ -74,13 +74,13 @@ def correlation_row(r, lo, hi, n_measured=5):
 
 
 def test_correlation_verdict_and_its_label():
-    assert e6.correlation_verdict(correlation_row(0.93, 0.41, 1.0)) == (
+    assert e6.recall_correlation_verdict(correlation_row(0.93, 0.41, 1.0)) == (
         "spearman r = 0.93 [0.41, 1.00], 5 of 7 models",
         "held",
     )
-    assert e6.correlation_verdict(correlation_row(-0.9, -1.0, -0.2))[1] == "opposite"
-    assert e6.correlation_verdict(correlation_row(0.0, -0.76, 1.0))[1] == "not shown"
-    assert e6.correlation_verdict(correlation_row(np.nan, np.nan, np.nan, 2)) == (
+    assert e6.recall_correlation_verdict(correlation_row(-0.9, -1.0, -0.2))[1] == "opposite"
+    assert e6.recall_correlation_verdict(correlation_row(0.0, -0.76, 1.0))[1] == "not shown"
+    assert e6.recall_correlation_verdict(correlation_row(np.nan, np.nan, np.nan, 2)) == (
         "r not computed (2 model(s) with measured recall)",
         "untested",
     )

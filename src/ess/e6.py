@@ -82,7 +82,7 @@ def drop_by_tau_table(by_model: pd.DataFrame, control: str, measure: str) -> pd.
 # The drop against recall: the paper's claim
 
 
-def correlation_verdict(row: pd.Series) -> tuple[str, str]:
+def recall_correlation_verdict(row: pd.Series) -> tuple[str, str]:
     """(label, verdict) of one drop-recall correlation (a row of the aggregate's correlation
     table): verdict ess.stats.positive_verdict of its interval ("held", "opposite", "not shown"
     or "untested": fewer than 3 models with measured recall, or a constant column)."""
@@ -98,8 +98,8 @@ def correlation_verdict(row: pd.Series) -> tuple[str, str]:
 
 def recall_claim(verdicts: Iterable[str], models: Sequence[str]) -> str:
     """The sentence on RECALL_CLAIM from the verdicts of its delimiter/control pairs
-    (`correlation_verdict`): it holds if every tested pair "held", in part if some did, and is
-    not tested when no pair could be (too few models)."""
+    (`recall_correlation_verdict`): it holds if every tested pair "held", in part if some did,
+    and is not tested when no pair could be (too few models)."""
     tested = [verdict for verdict in verdicts if verdict != "untested"]
     if not tested:
         return (
