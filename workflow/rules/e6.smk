@@ -229,7 +229,9 @@ rule e6_table:
         runtime=resources_for("e6_table", "runtime", 10),
     params:
         parameters=notebook_parameters(
-            ["notebook", *E6_NOTEBOOK_INPUTS], ["csv", "md", "tex"], **E6_NOTEBOOK_VALUES
+            ["notebook", *E6_NOTEBOOK_INPUTS],
+            ["csv", "md", "tex"],
+            **E6_NOTEBOOK_VALUES,
         ),
     message:
         "Table {wildcards.name}"
