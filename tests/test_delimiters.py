@@ -6,14 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ess.delimiters import (
-    BLANK_LINE_TEXT,
-    DELIMITERS,
-    build_delimited_sequence,
-    contains,
-    delimiter_drop,
-    summarise_drops,
-)
+from ess.boundaries import delimiter_drop, summarise_drops
+from ess.delimiters import BLANK_LINE_TEXT, DELIMITERS, build_delimited_sequence, contains
 
 PASSAGES = [
     f"passage {k} says that the {'quick brown fox' if k % 2 else 'lazy dog'} "

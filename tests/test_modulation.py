@@ -9,14 +9,14 @@ from scipy.stats import kendalltau
 from test_delimiters import PASSAGES, WordTokenizer
 
 from ess import modulation
-from ess.delimiters import (
+from ess.boundaries import (
     boundary_profile,
-    build_delimited_sequence,
     offset_mask,
     offset_splits,
     reset_bound,
     trace_positions,
 )
+from ess.delimiters import build_delimited_sequence
 from ess.stats import bootstrap_mean_ci, excludes_zero, minimum_detectable_effect
 
 OFFSETS = [-8, -4, -2, -1, 0, 1, 2, 4, 8]

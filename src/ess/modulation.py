@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ess.delimiters import DelimitedSequence, as_trace, boundary_profile, delimiter_drop
+from ess.boundaries import as_trace, boundary_profile, delimiter_drop
+from ess.delimiters import DelimitedSequence
 from ess.stats import (
     bootstrap_indices,
     bootstrap_mean_ci,
@@ -123,7 +124,7 @@ def boundary_drops(
     after: int,
     boundary_margin: int,
 ) -> pd.DataFrame:
-    """ess.delimiters.delimiter_drop for every (model, delimiter, seed, layer, control, metric):
+    """ess.boundaries.delimiter_drop for every (model, delimiter, seed, layer, control, metric):
     one row per boundary, with those keys as columns."""
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "layer"])))
     rows = []
@@ -207,9 +208,9 @@ def boundary_profiles(
     """ESS at each offset from each interior boundary, delimited and in each control.
 
     traces: `group_traces` output (a `group` column). Boundaries flagged near_end in any
-    condition (ess.delimiters.delimiter_drop's rule with windows reaching the farthest offsets)
+    condition (ess.boundaries.delimiter_drop's rule with windows reaching the farthest offsets)
     are left out. Returns one row per (model, delimiter, condition, seed, group, boundary,
-    offset, metric): value (ess.delimiters.boundary_profile).
+    offset, metric): value (ess.boundaries.boundary_profile).
     """
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "group"])))
     reach = int(max(abs(o) for o in offsets))

@@ -1,5 +1,5 @@
 """E6's measurement: ESS of every captured mixer of a model along one token sequence, at the
-split positions the statistics use (ess.delimiters.trace_positions), as one long table.
+split positions the statistics use (ess.boundaries.trace_positions), as one long table.
 
 Attention goes through the dense path, SSMs through their realisation (ess.measure.layer_ess).
 Each row is one head/channel at one split: ess_tolerance (at `tolerance`), ess_entropy and the

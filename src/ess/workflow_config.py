@@ -151,7 +151,7 @@ def check_passages(passages: dict) -> None:
 
 
 def check_drop_windows(e6: dict) -> None:
-    """The windows of ess.delimiters.delimiter_drop must fit the sequence and hold a split.
+    """The windows of ess.boundaries.delimiter_drop must fit the sequence and hold a split.
 
     A boundary is interior (not near_end) when its `before` splits start at least
     max(boundary_margin, 1) splits after the start and its `after` splits end as far before the

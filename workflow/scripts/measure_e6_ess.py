@@ -1,13 +1,13 @@
 """Rule measure_e6_ess: ESS of a group of layers' operators (params.layers), every
 channel_stride-th head/channel, for each seed's sequence, at the split positions E6's statistics
-use (ess.delimiters.trace_positions), one long table per seed (ess.sequence_ess)."""
+use (ess.boundaries.trace_positions), one long table per seed (ess.sequence_ess)."""
 
 from pathlib import Path
 
 import torch
 from workflow_job import record, start
 
-from ess.delimiters import trace_positions
+from ess.boundaries import trace_positions
 from ess.layers import load_operators
 from ess.provenance import atomic_output
 from ess.sequence_ess import sequence_ess

@@ -1,0 +1,316 @@
+"""The ESS of an E6 trace around each context delimiter: windows, offsets and drops.
+
+Position conventions. Tokens are 0-based. A split i (1 <= i <= L-1) has past tokens 0..i-1, so
+ESS_i is the state "after reading token i-1". For boundary k with p = last token of passage k and
+n = first token of passage k+1 (the delimiter occupies p+1 .. n-1):
+
+- before window: the states after reading the last `before` tokens of passage k,
+  splits i = p-before+2 .. p+1;
+- at the delimiter: the state after reading the delimiter's last token, split i = n;
+- after window: the states after reading the first `after` tokens of passage k+1,
+  splits i = n+1 .. n+after.
+
+Both windows cover passage tokens only, so they hold the same text in every condition.
+
+Offsets (the boundary-aligned profile, `offset_splits`): offset o < 0 is the state after reading
+the |o|-th last token of passage k (split p + 2 + o, so o = -1 is split p + 1), o = 0 the state
+after the delimiter's last token (split n), o > 0 the state after the o-th token of passage k+1
+(split n + o). An offset counts for a boundary only while its token lies in one of the two
+passages around it (`offset_mask`): with short passages the far offsets reach fewer boundaries.
+
+The look-ahead bound. H_i = T[i:, :i] holds every FUTURE row. If no output at or after position r
+reads anything before r (the operator fully resets at r), rows r.. of H_i (i < r) are zero and
+ESS_i <= rank(T[i:r, :i]) <= r - i: ESS must fall linearly towards a full reset, before it
+happens (`reset_bound`). In general ESS_i <= (r - i) + rank(T[r:, :i]), what crosses r.
+drop = mean ESS(before) - mean ESS(after) (> 0: ESS falls after the delimiter), and
+drop_vs_control = drop - the same boundary's drop in the control. Because ESS_i <= min(i, L-i),
+a boundary whose windows come within `boundary_margin` splits of either end of the sequence is
+flagged `near_end` and summarised apart (`summarise_drops`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ess.stats import bootstrap_mean_ci
+
+
+def as_trace(trace: Any, seq_len: int | None = None, value: str = "ess") -> tuple[pd.Series, int]:
+    """(ESS indexed by split position, L) from any of the trace forms `delimiter_drop` takes.
+
+    trace: (L-1,) array or tensor for splits 1..L-1; a Series indexed by split position; or a
+    DataFrame with a "position" column and a `value` column (e.g. a strided trace). seq_len: L;
+    inferred as len + 1 for an array and as the largest position + 1 otherwise (pass it for a
+    trace that leaves out the last splits).
+    """
+    if isinstance(trace, pd.DataFrame):
+        missing = {"position", value} - set(trace.columns)
+        if missing:
+            raise ValueError(f"trace DataFrame lacks columns {sorted(missing)}: {list(trace)}")
+        series = pd.Series(trace[value].to_numpy(float), index=trace["position"].to_numpy(int))
+    elif isinstance(trace, pd.Series):
+        series = pd.Series(trace.to_numpy(float), index=trace.index.to_numpy(int))
+    else:
+        # A tensor exists only once torch is imported: look for it there rather than import
+        # torch here (the analysis modules and notebooks run without it).
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(trace, torch.Tensor):
+            trace = trace.detach().cpu()
+        values = np.asarray(trace)
+        if values.ndim != 1 or values.size == 0:
+            raise ValueError(f"trace array must have shape (L-1,), got {values.shape}")
+        series = pd.Series(values.astype(float), index=np.arange(1, values.size + 1))
+    if series.index.has_duplicates:
+        raise ValueError("trace has duplicate split positions")
+    if series.index.min() < 1:
+        raise ValueError(f"split positions start at 1, trace has {series.index.min()}")
+    length = int(series.index.max()) + 1 if seq_len is None else int(seq_len)
+    if length <= series.index.max():
+        raise ValueError(f"seq_len={length} but the trace has split {series.index.max()}")
+    return series.sort_index(), length
+
+
+def window_mean(trace: pd.Series, first: int, last: int) -> float:
+    """Mean of the trace over split positions first..last present in it (NaN if none)."""
+    inside = trace.loc[(trace.index >= first) & (trace.index <= last)]
+    return float(inside.mean()) if inside.size else float("nan")
+
+
+def boundary_windows(boundaries: np.ndarray, before: int, after: int) -> np.ndarray:
+    """(K, 2) boundaries [p, n] -> (K, 5) splits [before_first, before_last, at, after_first,
+    after_last] (see the module docstring)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    p, n = bounds[:, 0], bounds[:, 1]
+    return np.stack([p - before + 2, p + 1, n, n + 1, n + after], axis=1)
+
+
+def _check_windows(boundaries: np.ndarray, windows: np.ndarray, name: str) -> None:
+    """Each boundary's windows must be passage tokens: no overlap with its neighbours'."""
+    if np.any(boundaries[:, 1] <= boundaries[:, 0]):
+        raise ValueError(f"{name}: every boundary needs p < n, got {boundaries.tolist()}")
+    clash = np.flatnonzero(windows[1:, 0] <= windows[:-1, 4])
+    if clash.size:
+        k = int(clash[0])
+        raise ValueError(
+            f"{name}: the after window of boundary {k} (to split {windows[k, 4]}) reaches the "
+            f"before window of boundary {k + 1} (from split {windows[k + 1, 0]}): a passage is "
+            "shorter than before + after tokens; make them smaller"
+        )
+
+
+def offset_splits(boundaries: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """(K, 2) boundaries [p, n], offsets (O,) -> (K, O) int64 split positions (module
+    docstring: p + 2 + o for o < 0, n + o for o >= 0)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    o = np.asarray(offsets, dtype=np.int64)[None, :]
+    return np.where(o < 0, bounds[:, :1] + 2 + o, bounds[:, 1:] + o)
+
+
+def offset_mask(
+    boundaries: np.ndarray, passage_spans: np.ndarray, offsets: Sequence[int], length: int
+) -> np.ndarray:
+    """(K, O) bool: whether offset o of boundary k reads a token of passage k (o < 0) or k+1
+    (o > 0) and its split lies in 1..L-1. Offset 0 (right after the delimiter) always counts.
+
+    boundaries: (K, 2) [p, n]; passage_spans: (P, 2) [start, stop) with P >= K + 1 (boundary k
+    lies between passages k and k+1); length: L.
+    """
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    spans = np.asarray(passage_spans, dtype=np.int64).reshape(-1, 2)
+    if spans.shape[0] < bounds.shape[0] + 1:
+        raise ValueError(f"{bounds.shape[0]} boundaries need >= {bounds.shape[0] + 1} passages")
+    splits = offset_splits(bounds, offsets)
+    o = np.asarray(offsets, dtype=np.int64)[None, :]
+    token = splits - 1  # the last token read before the split
+    first_before = spans[: bounds.shape[0], :1]  # passage k's first token
+    last_after = spans[1 : bounds.shape[0] + 1, 1:] - 1  # passage k+1's last token
+    inside = np.where(o < 0, token >= first_before, np.where(o > 0, token <= last_after, True))
+    return inside & (splits >= 1) & (splits <= length - 1)
+
+
+def trace_positions(
+    boundaries: np.ndarray,
+    passage_spans: np.ndarray,
+    length: int,
+    offsets: Sequence[int],
+    stride: int,
+) -> np.ndarray:
+    """The split positions E6 evaluates ESS at: every counted offset of every boundary
+    (`offset_mask`) plus a coarse trace 1, 1 + stride, ... (for the full-trace figure).
+    Returns sorted unique int64 splits in 1..L-1."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}")
+    splits = offset_splits(boundaries, offsets)
+    near = splits[offset_mask(boundaries, passage_spans, offsets, length)]
+    return np.union1d(near, np.arange(1, length, stride)).astype(np.int64)
+
+
+def reset_bound(splits: np.ndarray, reset: int) -> np.ndarray:
+    """The most ESS_i can be when the operator fully resets at position `reset` (no output at
+    or after it reads an input before it): max(reset - i, 0) per split i (module docstring)."""
+    return np.maximum(int(reset) - np.asarray(splits, dtype=np.int64), 0)
+
+
+def boundary_profile(
+    trace: pd.Series,
+    boundaries: np.ndarray,
+    passage_spans: np.ndarray,
+    length: int,
+    offsets: Sequence[int],
+) -> pd.DataFrame:
+    """ESS at each offset from each boundary (one trace, forms: `as_trace`'s Series).
+
+    Returns one row per boundary and counted offset (`offset_mask`): boundary, offset, split,
+    value (NaN where the trace has no such split, e.g. a strided one).
+    """
+    splits = offset_splits(boundaries, offsets)
+    mask = offset_mask(boundaries, passage_spans, offsets, length)
+    k, j = np.nonzero(mask)
+    chosen = splits[k, j]
+    return pd.DataFrame(
+        {
+            "boundary": k.astype(np.int64),
+            "offset": np.asarray(offsets, dtype=np.int64)[j],
+            "split": chosen,
+            "value": trace.reindex(chosen).to_numpy(float),
+        }
+    )
+
+
+def trace_drops(
+    trace: pd.Series, length: int, boundaries: np.ndarray, before: int, after: int, margin: int
+) -> pd.DataFrame:
+    """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace)."""
+    bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
+    windows = boundary_windows(bounds, before, after)
+    rows = []
+    for (p, n), (b0, b1, at, a0, a1) in zip(bounds.tolist(), windows.tolist(), strict=True):
+        ess_before, ess_after = window_mean(trace, b0, b1), window_mean(trace, a0, a1)
+        rows.append(
+            {
+                "prev_end": p,
+                "next_start": n,
+                "ess_before": ess_before,
+                "ess_at_delimiter": window_mean(trace, at, at),
+                "ess_after": ess_after,
+                "drop": ess_before - ess_after,
+                # ESS_i <= min(i, L - i): windows this close to an end measure the bound
+                "near_end": bool(min(b0, length - a1) < max(margin, 1)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def delimiter_drop(
+    ess_trace: Any,
+    boundary_positions: np.ndarray,
+    control_trace: Any,
+    control_positions: np.ndarray,
+    before: int = 8,
+    after: int = 8,
+    boundary_margin: int = 32,
+    seq_len: int | None = None,
+    control_seq_len: int | None = None,
+    value: str = "ess",
+) -> pd.DataFrame:
+    """ESS just before vs just after each delimiter, minus the same in a control.
+
+    ess_trace, control_trace: ESS per split position of the delimited sequence and of a control
+    (forms: `as_trace`). boundary_positions, control_positions: (K, 2) [p, n] per boundary
+    (`DelimitedSequence.boundaries`), boundary k being the same passage pair in both.
+    before, after: window sizes in tokens (module docstring). boundary_margin: a boundary whose
+    windows come within this many splits of either end of either sequence is flagged near_end
+    (ESS_i <= min(i, L-i) there) and left out of `summarise_drops`'s interior estimate.
+
+    Returns one row per boundary k: boundary, prev_end, next_start, ess_before,
+    ess_at_delimiter, ess_after, drop (= ess_before - ess_after), the same with a control_
+    prefix, drop_vs_control (= drop - control_drop) and near_end. NaN where a strided trace has
+    no split in a window.
+    """
+    if before < 1 or after < 1:
+        raise ValueError(f"before and after must be >= 1, got before={before}, after={after}")
+    if boundary_margin < 0:
+        raise ValueError(f"boundary_margin must be >= 0, got {boundary_margin}")
+    bounds = np.asarray(boundary_positions, dtype=np.int64).reshape(-1, 2)
+    control_bounds = np.asarray(control_positions, dtype=np.int64).reshape(-1, 2)
+    if bounds.shape != control_bounds.shape:
+        raise ValueError(
+            f"boundary_positions {bounds.shape} and control_positions {control_bounds.shape} "
+            "must list the same boundaries"
+        )
+    for name, b in (("boundary_positions", bounds), ("control_positions", control_bounds)):
+        _check_windows(b, boundary_windows(b, before, after), name)
+    trace, length = as_trace(ess_trace, seq_len, value)
+    control, control_length = as_trace(control_trace, control_seq_len, value)
+    main = trace_drops(trace, length, bounds, before, after, boundary_margin)
+    ctrl = trace_drops(control, control_length, control_bounds, before, after, boundary_margin)
+    out = main.drop(columns="near_end")
+    out.insert(0, "boundary", np.arange(len(out)))
+    for column in ctrl.columns.drop("near_end"):
+        out[f"control_{column}"] = ctrl[column].to_numpy()
+    out["drop_vs_control"] = out["drop"] - out["control_drop"]
+    out["near_end"] = main["near_end"].to_numpy() | ctrl["near_end"].to_numpy()
+    return out
+
+
+def summarise_drops(
+    drops: pd.DataFrame,
+    column: str = "drop_vs_control",
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean of a drop column with a bootstrap CI, interior boundaries and near-end ones apart.
+
+    drops: `delimiter_drop`'s table. Returns rows "interior" (near_end False) and "near_end"
+    with columns n, mean, lo, hi (NaN when a group is empty); NaN drops are left out.
+    """
+    if column not in drops.columns:
+        raise ValueError(f"drops has no column {column!r}: {list(drops.columns)}")
+    rows = {}
+    for name, near in (("interior", False), ("near_end", True)):
+        values = drops.loc[drops["near_end"] == near, column].dropna().to_numpy(float)
+        mean, lo, hi = (
+            bootstrap_mean_ci(values, n_boot, confidence, seed) if values.size else (np.nan,) * 3
+        )
+        rows[name] = {"n": int(values.size), "mean": mean, "lo": lo, "hi": hi}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def settings_text(settings: dict) -> str:
+    """One line stating the config behind E6's numbers, for captions ("" without settings).
+
+    settings: the dict the workflow passes to the E6 notebooks (n_tokens, position_stride,
+    offsets, seeds, tolerance, relative, recall_orders, before, after, boundary_margin, n_boot,
+    confidence, and per model dtype and add_bos).
+    """
+    if not settings:
+        return ""
+    mode = "relative" if settings["relative"] else "absolute"
+    bos = settings.get("add_bos") or {}
+    offsets = settings.get("offsets")
+    where = f"every {settings['position_stride']}-th split"
+    if offsets:
+        where = f"offsets {list(offsets)} from every delimiter plus {where}"
+    recall = (
+        f"recall on {settings['recall_orders']} orders, " if "recall_orders" in settings else ""
+    )
+    return (
+        f"L = {settings['n_tokens']} tokens, ESS at {where}, "
+        f"seeds {settings['seeds']}, tolerance-ESS tau = {settings['tolerance']:g} ({mode}), "
+        f"{recall}"
+        f"windows {settings['before']} before / {settings['after']} after each delimiter, "
+        f"boundaries within {settings['boundary_margin']} splits of an end left out, "
+        f"{settings['n_boot']} bootstrap resamples, {settings['confidence']:.0%} CI, "
+        "dtype "
+        + ", ".join(f"{model}: {dtype}" for model, dtype in settings["dtype"].items())
+        + "; bos first: "
+        + ", ".join(f"{model}: {'yes' if first else 'no'}" for model, first in bos.items())
+    )
