@@ -179,8 +179,9 @@ def _recording_attention(recorder: _Recorder) -> Iterator[None]:
 
         return attention
 
-    # Imported here, as ACT2FN below: importing transformers takes ~2 s, which every extract
-    # job and every capture from an ess.models checkpoint would pay without using it.
+    # Imported here, as ACT2FN below: importing transformers takes ~2 s, which every
+    # measure_e6_ess job and every capture from an ess.models checkpoint would pay without
+    # using it.
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     registry = ALL_ATTENTION_FUNCTIONS

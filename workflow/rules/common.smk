@@ -58,8 +58,8 @@ def model_layers(model):
 
 
 def layer_parts(model):
-    """The analysed layers of `model` in groups of models.<model>.layers_per_job, one extract
-    job each (null = a single group): [[0, 1, ...], ...]."""
+    """The analysed layers of `model` in groups of models.<model>.layers_per_job, one
+    measure_e6_ess job each (null = a single group): [[0, 1, ...], ...]."""
     layers = model_layers(model)
     size = model_config(model)["layers_per_job"] or len(layers)
     return [layers[start : start + size] for start in range(0, len(layers), size)]
