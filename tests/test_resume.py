@@ -2,7 +2,7 @@
 
 The target is the smallest of the workflow that spends long enough in one job to be
 interrupted there: the synthetic runs table of two MQAR runs (2 task splits, 2 `train_synthetic`
-jobs of ~10 s each, 2 `measure_synthetic_ess`, the aggregate and one notebook), at one core so
+jobs of ~20 s each, 2 `measure_synthetic_ess`, the aggregate and one notebook), at one core so
 jobs run one at a time. Three interruptions, each in a run of the plain
 `snakemake --cores 1 <target>`:
 
@@ -48,7 +48,9 @@ SYNTHETIC = {
         }
     },
     "model": {"d_model": 16, "n_layers": 2},
-    "train": {"steps": 300, "batch_size": 16, "warmup_steps": 3},  # ~7 s per run
+    # ~20 s per run on a quiet core: the job must outlast the 2 s the test waits before its
+    # interruption (at 300 steps, 2.5 s, the run sometimes ended first)
+    "train": {"steps": 2400, "batch_size": 16, "warmup_steps": 3},
     "ess": {"n_sequences": 4},
     "seeds": [0, 1],
     "e1": {"tasks": {"mqar": ["kv2"]}, "mixers": ["GLA"], "state_sizes": [4]},
@@ -195,7 +197,7 @@ def test_interrupted_run_resumes_with_the_plain_command(tmp_path):
     status = ess_status(tmp_path)
     assert f"results/train/{interrupted}/" in status, status
     assert f"results/logs/train_synthetic/{interrupted}.log" in status, status
-    assert re.search(r"train\s+1 done\s+1 to run", status), status
+    assert re.search(r"train_synthetic\s+1 done\s+1 to run", status), status
     os.kill(pid, signal.SIGKILL)
     assert stop(second) != 0
     assert not finished(tmp_path, interrupted)
