@@ -133,3 +133,26 @@ def test_design_text_states_the_boundaries_and_the_detectable_drop():
     assert "(tolerance-ESS, mean over layers;" in text
     assert "vs neutral 0.50-1.50; vs removed 0.50-1.50 state dimensions" in text
     assert e6.design_text(by_model_table().iloc[:0]) == ""
+
+
+def test_settings_text_states_the_config_behind_e6():
+    settings = {
+        "n_tokens": 512,
+        "position_stride": 16,
+        "offsets": [-2, 0, 2],
+        "seeds": [0, 1],
+        "tolerance": 1e-3,
+        "relative": True,
+        "recall_orders": 8,
+        "before": 8,
+        "after": 8,
+        "boundary_margin": 16,
+        "n_boot": 1000,
+        "confidence": 0.95,
+        "dtype": {"smollm2": "float32"},
+        "add_bos": {"smollm2": False},
+    }
+    text = e6.settings_text(settings)
+    assert "L = 512 tokens" in text and "offsets [-2, 0, 2] from every delimiter" in text
+    assert "tau = 0.001 (relative)" in text and "smollm2: float32" in text and "no" in text
+    assert e6.settings_text({}) == ""

@@ -282,35 +282,3 @@ def summarise_drops(
         )
         rows[name] = {"n": int(values.size), "mean": mean, "lo": lo, "hi": hi}
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def settings_text(settings: dict) -> str:
-    """One line stating the config behind E6's numbers, for captions ("" without settings).
-
-    settings: the dict the workflow passes to the E6 notebooks (n_tokens, position_stride,
-    offsets, seeds, tolerance, relative, recall_orders, before, after, boundary_margin, n_boot,
-    confidence, and per model dtype and add_bos).
-    """
-    if not settings:
-        return ""
-    mode = "relative" if settings["relative"] else "absolute"
-    bos = settings.get("add_bos") or {}
-    offsets = settings.get("offsets")
-    where = f"every {settings['position_stride']}-th split"
-    if offsets:
-        where = f"offsets {list(offsets)} from every delimiter plus {where}"
-    recall = (
-        f"recall on {settings['recall_orders']} orders, " if "recall_orders" in settings else ""
-    )
-    return (
-        f"L = {settings['n_tokens']} tokens, ESS at {where}, "
-        f"seeds {settings['seeds']}, tolerance-ESS tau = {settings['tolerance']:g} ({mode}), "
-        f"{recall}"
-        f"windows {settings['before']} before / {settings['after']} after each delimiter, "
-        f"boundaries within {settings['boundary_margin']} splits of an end left out, "
-        f"{settings['n_boot']} bootstrap resamples, {settings['confidence']:.0%} CI, "
-        "dtype "
-        + ", ".join(f"{model}: {dtype}" for model, dtype in settings["dtype"].items())
-        + "; bos first: "
-        + ", ".join(f"{model}: {'yes' if first else 'no'}" for model, first in bos.items())
-    )

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ess.experiments import ATTENTION_MIXERS
+from ess.publish import interval_text
 from ess.stats import spearman_rows
 from ess.synthetic import COLUMN_LABELS, FAILURE_MODES, hardest, pooled, seed_means
 
@@ -80,10 +81,6 @@ def combined_verdict(claim: str, parts: Sequence[Part]) -> Verdict:
     return Verdict(claim, verdict, evidence)
 
 
-def _interval(row: pd.Series) -> str:
-    return f"{row['r']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
-
-
 def correlation_verdict(
     table: pd.DataFrame, better: str, worse: str, method: str = "spearman", claim: str = E1_CLAIM
 ) -> Verdict:
@@ -100,7 +97,8 @@ def correlation_verdict(
         notes = "; ".join(f"{label[x]}: {rows.loc[x, 'note']}" for x in (better, worse))
         return Verdict(claim, "undefined", f"{method} r {notes}")
     evidence = (
-        f"{method} r = {_interval(b)} with {label[better]} vs {_interval(w)} with "
+        f"{method} r = {interval_text(b['r'], b['low'], b['high'])} with {label[better]} vs "
+        f"{interval_text(w['r'], w['low'], w['high'])} with "
         f"{label[worse]} over {int(b['n'])} runs"
     )
     if b["low"] > w["high"]:
