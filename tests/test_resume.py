@@ -64,8 +64,14 @@ def start_run(workdir: Path) -> subprocess.Popen:
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
         + ["--cores", "1", TARGET],
         stdout=(workdir / "snakemake.log").open("a"), stderr=subprocess.STDOUT, env=ENV,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=default_sigint,
     )  # fmt: skip
+
+
+def default_sigint() -> None:
+    """Ctrl-C's default action in snakemake: a test run from a background shell (`cmd &`)
+    inherits SIGINT ignored (POSIX), and snakemake would then never see the interruption."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(condition, what: str, run: subprocess.Popen | None = None):
