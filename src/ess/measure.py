@@ -91,6 +91,7 @@ def model_ess(
     for op in model.operators(inputs):
         result, state_size = layer_ess(op, spectrum=True)
         tss = float(state_size.mean())
+        entropy = result.entropy.mean().item()
         for tol in tolerances:
             ess = tolerance_ess(result.spectrum, tol, relative).to(torch.float64).mean().item()
             rows.append(
@@ -100,7 +101,7 @@ def model_ess(
                     "tss": tss,
                     "tolerance": float(tol),
                     "ess_tolerance": ess,
-                    "ess_entropy": result.entropy.mean().item(),
+                    "ess_entropy": entropy,
                     "utilisation": ess / tss,
                 }
             )

@@ -227,11 +227,12 @@ def task_config(synthetic: dict, task: str, difficulty: str):
     """The TaskConfig of synthetic.tasks.<task> at <difficulty>, after running the task's own
     generator (ess.tasks.make_split) on one example of each split: the job that caches the
     splits then cannot fail on the sizes (key-value pairs vs vocabulary and length, ...)."""
+    from ess.experiments import task_fields
     from ess.tasks import TaskConfig, make_split
 
     entry = synthetic["tasks"][task]
-    values = {"name": task, **entry.get("common", {}), **entry["difficulties"][difficulty]}
     where = f"synthetic.tasks.{task}.difficulties.{difficulty}"
+    values = task_fields(synthetic, task, difficulty, where)
     allowed = sorted(f.name for f in fields(TaskConfig) if f.name != "name")
     unknown = sorted(set(values) - set(allowed) - {"name"})
     if unknown:
