@@ -75,10 +75,19 @@ def as_trace(trace: Any, seq_len: int | None = None, value: str = "ess") -> tupl
     return series.sort_index(), length
 
 
-def window_mean(trace: pd.Series, first: int, last: int) -> float:
-    """Mean of the trace over split positions first..last present in it (NaN if none)."""
-    inside = trace.loc[(trace.index >= first) & (trace.index <= last)]
-    return float(inside.mean()) if inside.size else float("nan")
+def window_means(trace: pd.Series, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Mean of the trace over the split positions first[k]..last[k] present in it, per window k
+    (NaN where none; NaN values are left out, as pandas' mean does). trace: sorted index."""
+    splits, values = trace.index.to_numpy(), trace.to_numpy(float)
+    start = np.searchsorted(splits, first, side="left")
+    stop = np.searchsorted(splits, last, side="right")
+    means = np.full(len(start), np.nan)
+    for k, (a, b) in enumerate(zip(start.tolist(), stop.tolist(), strict=True)):
+        inside = values[a:b]
+        inside = inside[~np.isnan(inside)]
+        if inside.size:
+            means[k] = inside.mean()
+    return means
 
 
 def boundary_windows(boundaries: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -189,23 +198,20 @@ def trace_drops(
 ) -> pd.DataFrame:
     """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace)."""
     bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
-    windows = boundary_windows(bounds, before, after)
-    rows = []
-    for (p, n), (b0, b1, at, a0, a1) in zip(bounds.tolist(), windows.tolist(), strict=True):
-        ess_before, ess_after = window_mean(trace, b0, b1), window_mean(trace, a0, a1)
-        rows.append(
-            {
-                "prev_end": p,
-                "next_start": n,
-                "ess_before": ess_before,
-                "ess_at_delimiter": window_mean(trace, at, at),
-                "ess_after": ess_after,
-                "drop": ess_before - ess_after,
-                # ESS_i <= min(i, L - i): windows this close to an end measure the bound
-                "near_end": bool(min(b0, length - a1) < max(margin, 1)),
-            }
-        )
-    return pd.DataFrame(rows)
+    b0, b1, at, a0, a1 = boundary_windows(bounds, before, after).T
+    ess_before, ess_after = window_means(trace, b0, b1), window_means(trace, a0, a1)
+    return pd.DataFrame(
+        {
+            "prev_end": bounds[:, 0],
+            "next_start": bounds[:, 1],
+            "ess_before": ess_before,
+            "ess_at_delimiter": window_means(trace, at, at),
+            "ess_after": ess_after,
+            "drop": ess_before - ess_after,
+            # ESS_i <= min(i, L - i): windows this close to an end measure the bound
+            "near_end": np.minimum(b0, length - a1) < max(margin, 1),
+        }
+    )
 
 
 def delimiter_drop(
@@ -251,13 +257,12 @@ def delimiter_drop(
     control, control_length = as_trace(control_trace, control_seq_len, value)
     main = trace_drops(trace, length, bounds, before, after, boundary_margin)
     ctrl = trace_drops(control, control_length, control_bounds, before, after, boundary_margin)
-    out = main.drop(columns="near_end")
-    out.insert(0, "boundary", np.arange(len(out)))
-    for column in ctrl.columns.drop("near_end"):
-        out[f"control_{column}"] = ctrl[column].to_numpy()
-    out["drop_vs_control"] = out["drop"] - out["control_drop"]
-    out["near_end"] = main["near_end"].to_numpy() | ctrl["near_end"].to_numpy()
-    return out
+    columns = {"boundary": np.arange(len(main))}
+    columns |= {column: main[column].to_numpy() for column in main.columns.drop("near_end")}
+    columns |= {f"control_{c}": ctrl[c].to_numpy() for c in ctrl.columns.drop("near_end")}
+    columns["drop_vs_control"] = columns["drop"] - columns["control_drop"]
+    columns["near_end"] = main["near_end"].to_numpy() | ctrl["near_end"].to_numpy()
+    return pd.DataFrame(columns)
 
 
 def summarise_drops(

@@ -183,19 +183,27 @@ class LinearAttention(nn.Module):
             self.state_size
         )
 
-    def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """log A, B, C: (b, H, L, N) for the mixer input x: (b, L, d_model)."""
-        h = self.conv(x)
+    def _realisation(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log A, B, C: (b, H, L, N) from the convolved input h: (b, L, d_model)."""
         B, C = self.input_output(h)
         return self.log_decay(h), B, C
 
+    def _values(self, h: Tensor) -> Tensor:
+        """u: (b, H, L, P) from the convolved input h."""
+        return split_heads(self.v(h), self.n_heads)
+
+    def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log A, B, C: (b, H, L, N) for the mixer input x: (b, L, d_model)."""
+        return self._realisation(self.conv(x))
+
     def value_stream(self, x: Tensor) -> Tensor:
         """u: (b, H, L, P), P = d_model / H."""
-        return split_heads(self.v(self.conv(x)), self.n_heads)
+        return self._values(self.conv(x))
 
     def core(self, x: Tensor) -> Tensor:
         """y = T u: (b, H, L, P), the output before the output projection."""
-        return scan_chunked(*self.realisation(x), self.value_stream(x))
+        h = self.conv(x)  # once: both the realisation and the values read it
+        return scan_chunked(*self._realisation(h), self._values(h))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(merge_heads(self.head_norm(self.core(x))))
@@ -312,17 +320,31 @@ class S6(nn.Module):
         self.D = no_weight_decay(nn.Parameter(torch.ones(d)))
         self.out = nn.Linear(d, d)
 
+    def _stream_and_gate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The featurised input u and the gate's input z: (b, L, d) each, one projection."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        return F.silu(self.conv(u)), z
+
     def _u(self, x: Tensor) -> Tensor:
         """The featurised input u: (b, L, d)."""
-        return F.silu(self.conv(self.in_proj(x).chunk(2, dim=-1)[0]))
+        return self._stream_and_gate(x)[0]
 
-    def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """log A, B, C: (b, d, L, N) (channels as heads)."""
-        u = self._u(x)
+    def _realisation(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log A, B, C: (b, d, L, N) from the featurised input u: (b, L, d)."""
         r, B_u, C_u = self.x_proj(u).split([self.dt_rank, self.state_size, self.state_size], -1)
         dt = F.softplus(self.dt_proj(r) + self.dt_bias).transpose(1, 2)[..., None]  # (b, d, L, 1)
         log_a = dt * -torch.exp(self.A_log)[None, :, None, :]
         return log_a, dt * B_u[:, None], C_u[:, None].expand_as(log_a)
+
+    def _core(self, u: Tensor) -> Tensor:
+        """scan(A, B, C, u) + D u: (b, d, L, 1) from the featurised input u: (b, L, d)."""
+        log_a, B, C = self._realisation(u)
+        u = u.transpose(1, 2)[..., None]
+        return scan(torch.exp(log_a), B, C, u) + self.D[:, None, None] * u
+
+    def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log A, B, C: (b, d, L, N) (channels as heads)."""
+        return self._realisation(self._u(x))
 
     def value_stream(self, x: Tensor) -> Tensor:
         """u: (b, d, L, 1) (each channel its own "head" with P = 1)."""
@@ -330,13 +352,12 @@ class S6(nn.Module):
 
     def core(self, x: Tensor) -> Tensor:
         """scan(A, B, C, u) + D u: (b, d, L, 1), before the gate and output projection."""
-        log_a, B, C = self.realisation(x)
-        u = self.value_stream(x)
-        return scan(torch.exp(log_a), B, C, u) + self.D[:, None, None] * u
+        return self._core(self._u(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.core(x)[..., 0].transpose(1, 2)  # (b, L, d)
-        return self.out(y * F.silu(self.in_proj(x).chunk(2, dim=-1)[1]))
+        u, z = self._stream_and_gate(x)
+        y = self._core(u)[..., 0].transpose(1, 2)  # (b, L, d)
+        return self.out(y * F.silu(z))
 
     def transitions(self, x: Tensor) -> Tensor:
         """A_t: (b, d, L, N)."""

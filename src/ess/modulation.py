@@ -37,6 +37,7 @@ LAYER_GROUPS = ("early", "middle", "late")
 MEASURES = ("drop", "drop_vs_control")
 METRICS = ("ess_tolerance", "ess_entropy")  # analysed at every layer; the taus over layers only
 TAU_PREFIX = "ess_tau_"  # tolerance-ESS at one tau of synthetic.ess.tolerances: ess_tau_1e-03
+KEYS = ("model", "delimiter", "control", "seed", "layer", "metric")  # of boundary_drops' rows
 RECALL_COLUMNS = ("recall_gain", "recall_gain_lo", "recall_gain_hi", "ppl_ratio", "n_second")
 
 
@@ -127,7 +128,7 @@ def boundary_drops(
     """ess.boundaries.delimiter_drop for every (model, delimiter, seed, layer, control, metric):
     one row per boundary, with those keys as columns."""
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "layer"])))
-    rows = []
+    frames, keys = [], []
     for (model, delimiter, seed), sequence in sequences.items():
         for layer in sorted(traces.loc[traces["model"] == model, "layer"].unique()):
             for control in controls:
@@ -145,9 +146,13 @@ def boundary_drops(
                         control_seq_len=reference.length,
                         value=metric,
                     )
-                    keys = dict(model=model, delimiter=delimiter, control=control, seed=seed)
-                    rows.append(drops.assign(**keys, layer=layer, metric=metric))
-    return pd.concat(rows, ignore_index=True)
+                    frames.append(drops)
+                    keys.append((model, delimiter, control, seed, layer, metric))
+    table = pd.concat(frames, ignore_index=True)
+    rows_per_frame = [len(frame) for frame in frames]
+    for name, values in zip(KEYS, zip(*keys, strict=True), strict=True):
+        table[name] = pd.Series(values).repeat(rows_per_frame).to_numpy()  # once, not per frame
+    return table
 
 
 def summarise(
