@@ -66,7 +66,7 @@ for device in cpu cuda; do
 import sys, yaml
 source, target, device = sys.argv[1:]
 config = yaml.safe_load(open(source))
-config["models"] = {"smollm2": {**config["models"]["smollm2"], "device": device}}
+config["models"] = {"smollm2": {**config["models"]["smollm2"], "device": device, "layers": None}}  # all 30
 config["e6"]["models"] = ["smollm2"]
 config["synthetic"]["train"]["device"] = device
 yaml.safe_dump(config, open(target, "w"))
