@@ -36,6 +36,7 @@ status: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests workflow benchmarks notebooks
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint
 

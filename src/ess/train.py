@@ -242,8 +242,10 @@ def fit(
         curves.accuracy.append(accuracy)
         curves.lr.append(lr)
         last = step + 1 == config.steps
-        if evaluate_accuracy is not None and config.eval_every and (
-            (step + 1) % config.eval_every == 0 or last
+        if (
+            evaluate_accuracy is not None
+            and config.eval_every
+            and ((step + 1) % config.eval_every == 0 or last)
         ):
             curves.eval_step.append(step)
             curves.eval_accuracy.append(evaluate_accuracy())
