@@ -90,8 +90,8 @@ def test_correlation_verdict_and_its_label():
     ("verdicts", "expected"),
     [
         (["held", "held", "untested"], "holds: the correlation's CI lies above 0 for 2 of 2"),
-        (["held", "not shown", "opposite"], "holds in part: the correlation's CI lies above 0 "
-         "for 1 of 3"),
+        (["held", "not shown", "opposite"], "partly holds (1 of 3 parts): the correlation's CI "
+         "lies above 0 for 1 of 3"),
         (["not shown", "opposite"], "does not hold: the correlation's CI lies above 0 for 0 of 2"),
         (["untested", "untested"], "is not tested here: the correlation needs at least 3 models "
          "and this run has 2 (a, b)"),

@@ -98,8 +98,9 @@ def recall_correlation_verdict(row: pd.Series) -> tuple[str, str]:
 
 def recall_claim(verdicts: Iterable[str], models: Sequence[str]) -> str:
     """The sentence on RECALL_CLAIM from the verdicts of its delimiter/control pairs
-    (`recall_correlation_verdict`): it holds if every tested pair "held", in part if some did,
-    and is not tested when no pair could be (too few models)."""
+    (`recall_correlation_verdict`): it holds if every tested pair "held", partly holds (k of n
+    parts, as ess.verdicts words it) if some did, and is not tested when no pair could be (too
+    few models)."""
     tested = [verdict for verdict in verdicts if verdict != "untested"]
     if not tested:
         return (
@@ -107,7 +108,8 @@ def recall_claim(verdicts: Iterable[str], models: Sequence[str]) -> str:
             f"least 3 models and this run has {len(models)} ({', '.join(models)})."
         )
     n_held = sum(verdict == "held" for verdict in tested)
-    held = "holds" if n_held == len(tested) else "holds in part" if n_held else "does not hold"
+    partly = f"partly holds ({n_held} of {len(tested)} parts)"
+    held = "holds" if n_held == len(tested) else partly if n_held else "does not hold"
     return (
         f"The paper's claim ({RECALL_CLAIM}) {held}: the correlation's CI lies above 0 for "
         f"{n_held} of {len(tested)} delimiter/control pairs ({len(models)} models)."
