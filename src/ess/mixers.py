@@ -336,11 +336,15 @@ class S6(nn.Module):
         log_a = dt * -torch.exp(self.A_log)[None, :, None, :]
         return log_a, dt * B_u[:, None], C_u[:, None].expand_as(log_a)
 
+    def _values(self, u: Tensor) -> Tensor:
+        """u: (b, L, d) -> (b, d, L, 1): each channel its own "head" with P = 1."""
+        return u.transpose(1, 2)[..., None]
+
     def _core(self, u: Tensor) -> Tensor:
         """scan(A, B, C, u) + D u: (b, d, L, 1) from the featurised input u: (b, L, d)."""
         log_a, B, C = self._realisation(u)
-        u = u.transpose(1, 2)[..., None]
-        return scan(torch.exp(log_a), B, C, u) + self.D[:, None, None] * u
+        values = self._values(u)
+        return scan(torch.exp(log_a), B, C, values) + self.D[:, None, None] * values
 
     def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """log A, B, C: (b, d, L, N) (channels as heads)."""
@@ -348,7 +352,7 @@ class S6(nn.Module):
 
     def value_stream(self, x: Tensor) -> Tensor:
         """u: (b, d, L, 1) (each channel its own "head" with P = 1)."""
-        return self._u(x).transpose(1, 2)[..., None]
+        return self._values(self._u(x))
 
     def core(self, x: Tensor) -> Tensor:
         """scan(A, B, C, u) + D u: (b, d, L, 1), before the gate and output projection."""
