@@ -103,6 +103,16 @@ BAD_CONFIGS = [
         task("compression", {"vocab_size": 2}, easy={}),
         ["synthetic.tasks.compression.difficulties.easy", "vocab_size must be >= 3, got 2"],
     ),
+    (
+        "difficulty_train_names_no_difficulty",
+        setter("synthetic.tasks.mqar.train", {"kv99": {"steps": 750}}),
+        ["synthetic.tasks.mqar.train.kv99", "names no difficulty", "kv4, kv8"],
+    ),
+    (
+        "difficulty_train_unknown_field",
+        setter("synthetic.tasks.mqar.train", {"kv4": {"step": 750}}),
+        ["synthetic.tasks.mqar.train.kv4", "['step']", "steps"],
+    ),
     # synthetic model and measurement vs the tasks
     (
         "model_vocab_below_task",

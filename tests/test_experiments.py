@@ -94,9 +94,9 @@ def test_variants_carry_structured_labels_and_their_training_fields():
 
 def test_a_spec_is_the_shared_fields_then_the_runs_own():
     synthetic = small_grid()
-    spec = synthetic_grid(synthetic)["mqar/kv4/GLA/tss8/base/seed0"].spec
+    spec = synthetic_grid(synthetic)["mqar/kv8/GLA/tss8/base/seed0"].spec
     common = synthetic["tasks"]["mqar"]["common"]
-    assert spec["task"] == {"name": "mqar", **common, "num_kv_pairs": 4}
+    assert spec["task"] == {"name": "mqar", **common, "num_kv_pairs": 8}
     assert spec["model"] == {
         **synthetic["model"],
         "layers": "GLA",
@@ -104,6 +104,18 @@ def test_a_spec_is_the_shared_fields_then_the_runs_own():
         "vocab_size": common["vocab_size"],
     }
     assert spec["train"] == {**synthetic["train"], "seed": 0}
+
+
+def test_a_difficultys_train_fields_come_between_the_shared_ones_and_the_experiments():
+    synthetic = small_grid()
+    synthetic["tasks"]["mqar"]["train"] = {"kv8": {"steps": 750, "reg_lambda": 0.5}}
+    runs = synthetic_grid(synthetic)
+    kv8 = runs["mqar/kv8/GLA/tss8/base/seed0"].spec["train"]
+    assert kv8 == {**synthetic["train"], "steps": 750, "reg_lambda": 0.5, "seed": 0}
+    kv4 = runs["mqar/kv4/GLA/tss8/base/seed0"].spec["train"]
+    assert kv4 == {**synthetic["train"], "seed": 0}
+    regularised = runs["mqar/kv8/GLA/tss32/reg1/seed0"].spec["train"]
+    assert (regularised["steps"], regularised["reg_lambda"]) == (750, 1.0)  # E4's own wins
 
 
 def test_experiment_labels_follow_the_experiments_own_order():

@@ -129,15 +129,26 @@ def run_key(labels: Labels) -> str:
     return f"{labels.task}/{labels.difficulty}/{mixer}/{tss}/{labels.variant}/seed{labels.seed}"
 
 
+def difficulty_train_fields(synthetic: dict, task: str, difficulty: str) -> dict:
+    """TrainConfig fields that synthetic.tasks.<task>.train sets for the runs of `difficulty`
+    (for example more steps for a task that is learned later), over synthetic.train."""
+    return synthetic["tasks"][task].get("train", {}).get(difficulty, {})
+
+
 def run_spec(synthetic: dict, labels: Labels, where: str, model: dict, train: dict) -> dict:
     """The spec of a run: the shared synthetic.model / synthetic.train fields, the run's
-    pattern and seed, then `model` (with the state size: attention ignores it) and `train` on
-    top."""
+    difficulty's own train fields, its pattern and seed, then `model` (with the state size:
+    attention ignores it) and `train` on top."""
     task = task_fields(synthetic, labels.task, labels.difficulty, where)
     spec = {
         "task": task,
         "model": {**synthetic["model"], "layers": labels.mixer, **model},
-        "train": {**synthetic["train"], "seed": labels.seed, **train},
+        "train": {
+            **synthetic["train"],
+            **difficulty_train_fields(synthetic, labels.task, labels.difficulty),
+            "seed": labels.seed,
+            **train,
+        },
     }
     spec["model"].setdefault("vocab_size", task.get("vocab_size", 64))
     return spec

@@ -212,6 +212,8 @@ def check_synthetic(config: dict) -> None:
                 f"config key synthetic.ess.n_sequences = {n_sequences} exceeds n_test = "
                 f"{task_cfg.n_test} of {where}: allowed 1 .. {task_cfg.n_test}"
             )
+    for task, entry in synthetic["tasks"].items():
+        check_difficulty_train(entry, f"synthetic.tasks.{task}.train")
     n_layers = model.get("n_layers", ModelConfig.n_layers)
     for layers in synthetic.get("e4", {}).get("layer_sets", []):
         too_deep = [layer for layer in layers if layer >= n_layers]
@@ -220,6 +222,25 @@ def check_synthetic(config: dict) -> None:
                 f"config key synthetic.e4.layer_sets lists layers {too_deep} (in {layers}), but "
                 f"the models have synthetic.model.n_layers = {n_layers}: allowed layer indices "
                 f"0 .. {n_layers - 1}"
+            )
+
+
+def check_difficulty_train(entry: dict, where: str) -> None:
+    """A task's per-difficulty train fields name its difficulties and TrainConfig fields."""
+    from ess.train import TrainConfig
+
+    allowed = sorted(f.name for f in fields(TrainConfig))
+    for difficulty, values in entry.get("train", {}).items():
+        if difficulty not in entry["difficulties"]:
+            raise ValueError(
+                f"config key {where}.{difficulty} names no difficulty of the task; allowed: "
+                f"{', '.join(entry['difficulties'])}"
+            )
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"config key {where}.{difficulty} sets unknown TrainConfig field(s) {unknown}; "
+                f"allowed: {', '.join(allowed)}"
             )
 
 
