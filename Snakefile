@@ -28,6 +28,8 @@ wildcard_constraints:
     difficulty=r"[A-Za-z0-9][A-Za-z0-9_]*",
     split=r"train|test",
     run=r"[A-Za-z0-9][A-Za-z0-9_.+/-]*/seed\d+",
+    # a run key without its seed: {task}/{difficulty}/{mixer}/{tss}/{variant}
+    cell=r"[A-Za-z0-9][A-Za-z0-9_.+-]*(/[A-Za-z0-9][A-Za-z0-9_.+-]*){4}",
 
 
 # Shared steps: model weights, then operators -> ESS tables.

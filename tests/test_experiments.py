@@ -9,6 +9,7 @@ import yaml
 
 from ess.experiments import (
     Labels,
+    cells,
     check_runs,
     experiment_labels,
     published,
@@ -168,6 +169,18 @@ def test_check_runs_names_the_run_and_the_bad_field():
     del synthetic["model"]["state"]
     with pytest.raises(ValueError, match="ess.tolerance = 0.01 must be one of"):
         check_runs(synthetic_grid(synthetic), 0.01, [1e-3])
+
+
+def test_a_cell_is_a_run_without_its_seed_and_has_every_seed():
+    runs = synthetic_grid(SYNTHETIC)
+    grouped = cells(runs, [2, 0, 1])
+    assert len(grouped) == 28 and sum(len(keys) for keys in grouped.values()) == len(runs)
+    assert grouped["mqar/kv8/GLA/tss32/reg1"] == [
+        f"mqar/kv8/GLA/tss32/reg1/seed{seed}" for seed in (2, 0, 1)
+    ]
+    del runs["mqar/kv8/GLA/tss32/reg1/seed1"]
+    with pytest.raises(ValueError, match=r"cell mqar/kv8/GLA/tss32/reg1 has seeds \[0, 2\]"):
+        cells(runs, [0, 1, 2])
 
 
 def test_labels_are_hashable_values():

@@ -2,8 +2,8 @@
 
 The target is the smallest of the workflow that spends long enough in one job to be
 interrupted there: the synthetic runs table of two MQAR runs (2 task splits, 2 `train_synthetic`
-jobs of ~20 s each, 2 `measure_synthetic_ess`, the aggregate and one notebook), at one core so
-jobs run one at a time. Three interruptions, each in a run of the plain
+jobs of ~20 s each, 1 `measure_synthetic_ess` for both seeds, the aggregate and one notebook),
+at one core so jobs run one at a time. Three interruptions, each in a run of the plain
 `snakemake --cores 1 <target>`:
 
 1. Ctrl-C (SIGINT to snakemake's process group, as a terminal sends it) while the second

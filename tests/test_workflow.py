@@ -82,7 +82,7 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 28 distinct cells x 3 seeds
         "make_task_split": 4,
         "train_synthetic": 84,
-        "measure_synthetic_ess": 84,
+        "measure_synthetic_ess": 28,
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,

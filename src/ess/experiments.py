@@ -348,6 +348,23 @@ def run_path(key: str, name: str) -> str:
     return f"results/train/{key}/{name}"
 
 
+def cells(runs: dict[str, Run], seeds: Sequence[int]) -> dict[str, list[str]]:
+    """The runs grouped by cell, the key without its seed: {cell: [key of each seed]}, seeds in
+    `seeds` order. Every experiment trains each of its settings once per seed of
+    synthetic.seeds, so every cell has exactly those seeds (checked here)."""
+    grouped: dict[str, dict[int, str]] = {}
+    for key, run in runs.items():
+        cell = key.removesuffix(f"/seed{run.labels.seed}")
+        grouped.setdefault(cell, {})[run.labels.seed] = key
+    for cell, by_seed in grouped.items():
+        if sorted(by_seed) != sorted(seeds):
+            raise ValueError(
+                f"synthetic cell {cell} has seeds {sorted(by_seed)}, expected synthetic.seeds "
+                f"{list(seeds)}"
+            )
+    return {cell: [by_seed[seed] for seed in seeds] for cell, by_seed in grouped.items()}
+
+
 def run_of(runs: dict[str, Run], key: str) -> Run:
     """The run of a key, or a ValueError naming it."""
     if key not in runs:

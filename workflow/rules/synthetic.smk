@@ -5,6 +5,7 @@
 
 from ess.captions import notebook_settings
 from ess.experiments import (
+    cells,
     check_runs,
     published,
     run_inputs,
@@ -19,6 +20,10 @@ SYNTHETIC_RUNS = synthetic_grid(config["synthetic"])
 check_runs(
     SYNTHETIC_RUNS, config["ess"]["tolerance"], config["synthetic"]["ess"]["tolerances"]
 )
+# A cell is a run key without its seed: its seeds' ESS is measured in one job (one process
+# start, one torch import, instead of one per run).
+SYNTHETIC_SEEDS = config["synthetic"]["seeds"]
+SYNTHETIC_CELLS = cells(SYNTHETIC_RUNS, SYNTHETIC_SEEDS)
 SYNTHETIC_FIGURES, SYNTHETIC_TABLES = published(SYNTHETIC_RUNS)
 # The config behind the numbers, stated in the notebooks' captions.
 SYNTHETIC_SETTINGS = notebook_settings(config)
@@ -91,14 +96,27 @@ rule train_synthetic:
 
 rule measure_synthetic_ess:
     input:
-        model=run_path("{run}", "model.safetensors"),
-        model_manifest=manifest(run_path("{run}", "model.safetensors")),
-        test=lambda wildcards: run_inputs(run_of(SYNTHETIC_RUNS, wildcards.run))["test"],
+        models=lambda wildcards: [
+            run_path(run, "model.safetensors")
+            for run in SYNTHETIC_CELLS[wildcards.cell]
+        ],
+        model_manifests=lambda wildcards: [
+            manifest(run_path(run, "model.safetensors"))
+            for run in SYNTHETIC_CELLS[wildcards.cell]
+        ],
+        test=lambda wildcards: run_inputs(
+            run_of(SYNTHETIC_RUNS, SYNTHETIC_CELLS[wildcards.cell][0])
+        )["test"],
     output:
-        ess=run_path("{run}", "ess.parquet"),
-        manifest=manifest(run_path("{run}", "ess.parquet")),
+        ess=[
+            run_path(f"{{cell}}/seed{seed}", "ess.parquet") for seed in SYNTHETIC_SEEDS
+        ],
+        manifests=[
+            manifest(run_path(f"{{cell}}/seed{seed}", "ess.parquet"))
+            for seed in SYNTHETIC_SEEDS
+        ],
     log:
-        "results/logs/measure_synthetic_ess/{run}.log",
+        "results/logs/measure_synthetic_ess/{cell}.log",
     conda:
         "../../envs/torch.yaml"
     threads: resources_for("measure_synthetic_ess", "threads", 1)
@@ -106,11 +124,12 @@ rule measure_synthetic_ess:
         mem_mb=resources_for("measure_synthetic_ess", "mem_mb", 2000),
         runtime=resources_for("measure_synthetic_ess", "runtime", 10),
     params:
+        runs=lambda wildcards: SYNTHETIC_CELLS[wildcards.cell],
         n_sequences=config["synthetic"]["ess"]["n_sequences"],
         tolerances=config["synthetic"]["ess"]["tolerances"],
         relative=config["ess"]["relative"],
     message:
-        "ESS of every layer of {wildcards.run}"
+        "ESS of every layer of {wildcards.cell} (every seed)"
     script:
         "../scripts/measure_synthetic_ess.py"
 

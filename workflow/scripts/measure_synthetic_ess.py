@@ -1,5 +1,5 @@
-"""Rule measure_synthetic_ess: the ESS of every layer of a trained synthetic-task model on the
-first n test sequences, at every tau (ess.measure.model_ess)."""
+"""Rule measure_synthetic_ess: the ESS of every layer of each trained model of one cell (its
+seeds) on the first n test sequences, at every tau (ess.measure.model_ess)."""
 
 from pathlib import Path
 
@@ -14,13 +14,17 @@ from ess.train import load_checkpoint
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 torch.set_num_threads(smk.threads)
-model = load_checkpoint(smk.input.model)
 inputs, _ = load_split(smk.input.test)
-table = model_ess(
-    model, inputs[: smk.params.n_sequences], smk.params.tolerances, smk.params.relative
-)
-table.insert(0, "run", smk.wildcards.run)
-print(table.to_string(), flush=True)
-with atomic_output(Path(smk.output.ess)) as temporary:
-    table.to_parquet(temporary, index=False)
-record(smk, [smk.output.ess], inputs=[smk.input.model, smk.input.test], started=started)
+runs = zip(smk.params.runs, smk.input.models, smk.output.ess, strict=True)
+for run, model_path, output in runs:
+    table = model_ess(
+        load_checkpoint(model_path),
+        inputs[: smk.params.n_sequences],
+        smk.params.tolerances,
+        smk.params.relative,
+    )
+    table.insert(0, "run", run)
+    print(table.to_string(), flush=True)
+    with atomic_output(Path(output)) as temporary:
+        table.to_parquet(temporary, index=False)
+    record(smk, [output], inputs=[model_path, smk.input.test], started=started)
