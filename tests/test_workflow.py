@@ -72,7 +72,7 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "fetch_model": 2,
         "convert_model": 2,
         "train_language_model": 5,
-        "make_sequence": 21,
+        "make_sequence": 7,
         "capture_operators": 35,
         "measure_e6_ess": 35,
         "bigram_recall": 7,

@@ -163,13 +163,17 @@ def e6_ess_tables():
     ]
 
 
-def e6_sequences():
+def model_sequences(model):
+    """Every sequence file of one model: each delimiter, then each seed (make_sequence's order)."""
     return [
         sequence_path(model, delimiter, seed)
-        for model in e6_models()
         for delimiter in config["e6"]["delimiters"]
         for seed in e6_seeds()
     ]
+
+
+def e6_sequences():
+    return [path for model in e6_models() for path in model_sequences(model)]
 
 
 def recall_path(model):

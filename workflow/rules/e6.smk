@@ -45,19 +45,17 @@ rule make_sequence:
         model=hf_dir("{model}"),
         model_manifest=manifest(hf_dir("{model}")),
     output:
-        sequences=seed_paths(sequence_path, "{model}", "{delimiter}"),
-        manifests=[
-            manifest(path)
-            for path in seed_paths(sequence_path, "{model}", "{delimiter}")
-        ],
+        sequences=model_sequences("{model}"),
+        manifests=[manifest(path) for path in model_sequences("{model}")],
     log:
-        "results/logs/make_sequence/{model}/{delimiter}.log",
+        "results/logs/make_sequence/{model}.log",
     conda:
         "../../envs/torch.yaml"
     resources:
         mem_mb=resources_for("make_sequence", "mem_mb", 2000),
         runtime=resources_for("make_sequence", "runtime", 5),
     params:
+        delimiters=config["e6"]["delimiters"],
         seeds=e6_seeds(),
         n_tokens=config["e6"]["n_tokens"],
         add_bos=lambda wildcards: e6_add_bos(wildcards.model),
@@ -67,7 +65,7 @@ rule make_sequence:
             "trust_remote_code"
         ],
     message:
-        "Token sequences of passages joined by {wildcards.delimiter} for {wildcards.model} (every seed)"
+        "Token sequences of passages joined by each delimiter for {wildcards.model} (every seed)"
     script:
         "../scripts/make_sequence.py"
 

@@ -1,6 +1,7 @@
-"""Rule make_sequence: for every seed, passages of the shipped corpus (ess.text.load_passages,
-its "eval" entries: the models trained here never saw them) in that seed's order, joined by one
-delimiter, with its controls (ess.delimiters.build_delimited_sequence), as one JSON file each."""
+"""Rule make_sequence: for every delimiter and seed, passages of the shipped corpus
+(ess.text.load_passages, its "eval" entries: the models trained here never saw them) in that
+seed's order, joined by the delimiter, with its controls (ess.delimiters.build_delimited_sequence),
+as one JSON file each. One job per model: its tokenizer loads once."""
 
 from pathlib import Path
 
@@ -18,10 +19,12 @@ p = smk.params
 tokenizer = AutoTokenizer.from_pretrained(
     smk.input.model, trust_remote_code=p.trust_remote_code, local_files_only=True
 )
-for seed, output in zip(p.seeds, smk.output.sequences, strict=True):
+# smk.output.sequences is in model_sequences order: each delimiter, then each seed
+orders = [(delimiter, seed) for delimiter in p.delimiters for seed in p.seeds]
+for (delimiter, seed), output in zip(orders, smk.output.sequences, strict=True):
     passages = load_passages(p.min_chars, p.max_chars, seed=seed, split="eval")
     sequence = build_delimited_sequence(
-        tokenizer, passages, smk.wildcards.delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
+        tokenizer, passages, delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
     )
     with atomic_output(Path(output)) as temporary:
         write_sequence(sequence, temporary)
@@ -32,7 +35,8 @@ for seed, output in zip(p.seeds, smk.output.sequences, strict=True):
         started=started,
         seeds={"passages": seed, "order": seed},
         corpus=corpus_provenance(),
+        delimiter=delimiter,
         n_boundaries=len(sequence.boundaries),
         separator=sequence.separator_text,
     )
-    print(f"seed {seed}: {len(sequence.boundaries)} boundaries", flush=True)
+    print(f"{delimiter} seed {seed}: {len(sequence.boundaries)} boundaries", flush=True)
