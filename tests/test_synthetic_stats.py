@@ -373,6 +373,10 @@ def test_settings_text_states_the_config():
     assert "tau = 0.001 (relative)" in text and "tau swept over 0.1, 1e-05" in text
     assert "saturation: ESS/TSS >= 0.4" in settings_text(settings, "e2")
     assert settings_text({}, "e1") == ""
+    synthetic["tasks"]["mqar"]["train"] = {"kv8": {"steps": 1200}}
+    text = settings_text(notebook_settings({**config, "stats": stats}), "e1")
+    assert "kv8 (num_kv_pairs=8; trained with steps=1200)" in text
+    del synthetic["tasks"]["mqar"]["train"]
     del synthetic["train"]["lr"], synthetic["model"]["n_heads"]  # the dataclasses' defaults
     settings = notebook_settings({**config, "stats": stats})
     assert "lr 0.003" in settings_text(settings) and "1 head(s)" in settings_text(settings)

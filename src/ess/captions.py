@@ -44,12 +44,19 @@ def _number(value: float | str) -> str:
     return f"{float(value):g}"
 
 
+def _difficulty_text(spec: dict, difficulty: str) -> str:
+    """'kv4 (num_kv_pairs=4)', with the difficulty's own train fields if it has any:
+    'kv4 (num_kv_pairs=4; trained with steps=750)'."""
+    fields = ", ".join(f"{k}={v}" for k, v in spec["difficulties"][difficulty].items())
+    train = spec.get("train", {}).get(difficulty, {})
+    if train:
+        fields += "; trained with " + ", ".join(f"{k}={v}" for k, v in train.items())
+    return f"{difficulty} ({fields})"
+
+
 def _task_text(synthetic: dict, task: str, difficulties: Sequence[str]) -> str:
     spec = synthetic["tasks"][task]
-    levels = ", ".join(
-        d + " (" + ", ".join(f"{k}={v}" for k, v in spec["difficulties"][d].items()) + ")"
-        for d in difficulties
-    )
+    levels = ", ".join(_difficulty_text(spec, d) for d in difficulties)
     common = spec.get("common", {})
     shape = ", ".join(f"{k}={common[k]}" for k in ("seq_len", "vocab_size") if k in common)
     return f"{task} {levels}" + (f", {shape}" if shape else "")
