@@ -2,11 +2,14 @@
 degenerate data), ess.verdicts on the paper's claims and ess.captions, on small hand-made
 tables."""
 
+import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from ess.captions import notebook_settings, settings_text
 from ess.synthetic import (
@@ -37,6 +40,9 @@ from ess.verdicts import (
 )
 
 BOOT = {"n_boot": 200, "seed": 0}
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def e1_runs(ess_per_item, tss_per_item, accuracy, task="mqar"):
@@ -349,6 +355,17 @@ def test_smoothed_curves_is_a_trailing_mean_per_run():
     assert smooth[smooth["run"] == "a"]["loss"].tolist() == [10.0, 5.0]
     with pytest.raises(ValueError, match="window"):
         smoothed_curves(curves, 0)
+
+
+def test_e4_text_names_layer_subsets_only_when_there_are_some():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    settings = notebook_settings(config)
+    text = settings_text(settings, "e4")
+    assert "lambda 0 (the E1 run), 0.1, 1 on all layers;" in text and "on layers" not in text
+    with_sets = copy.deepcopy(config)
+    with_sets["synthetic"]["e4"]["layer_sets"] = [[0], [1]]
+    text = settings_text(notebook_settings(with_sets), "e4")
+    assert "0.1, 1 on all layers, 1 on layers [[0], [1]];" in text
 
 
 def test_settings_text_states_the_config():

@@ -106,12 +106,16 @@ def _grid_text(synthetic: dict, experiment: str) -> str:
     if key == "e4":
         every_layer = _unique(r.reg_lambda for r in labels if r.reg_lambda and not r.reg_layers)
         some_layers = [r for r in labels if r.reg_layers]
-        return (
+        text = (
             f"{task}; mixers {mixers}; TSS {', '.join(map(str, sizes))}; lambda 0 (the E1 run), "
-            f"{', '.join(map(_number, every_layer))} on all layers, "
-            f"{', '.join(map(_number, _unique(r.reg_lambda for r in some_layers)))} on layers "
-            f"{[list(layers) for layers in _unique(r.reg_layers for r in some_layers)]}"
+            f"{', '.join(map(_number, every_layer))} on all layers"
         )
+        if some_layers:
+            text += (
+                f", {', '.join(map(_number, _unique(r.reg_lambda for r in some_layers)))} on "
+                f"layers {[list(layers) for layers in _unique(r.reg_layers for r in some_layers)]}"
+            )
+        return text
     if key == "e7":
         return f"{task}; TSS {', '.join(map(str, sizes))}; patterns {mixers}"
     raise ValueError(f"no grid text for experiment {experiment!r}")
