@@ -40,8 +40,6 @@ from ess.verdicts import (
 )
 
 BOOT = {"n_boot": 200, "seed": 0}
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
