@@ -122,11 +122,16 @@ def task_fields(synthetic: dict, task: str, difficulty: str, where: str) -> dict
     }
 
 
-def run_key(labels: Labels) -> str:
-    """The run's results path: {task}/{difficulty}/{mixer}/{tss}/{variant}/seed{seed}."""
+def cell_key(labels: Labels) -> str:
+    """The run's cell, every label but the seed: {task}/{difficulty}/{mixer}/{tss}/{variant}."""
     tss = "kvcache" if labels.state_size is None else f"tss{labels.state_size}"
     mixer = labels.mixer.replace(",", "+")
-    return f"{labels.task}/{labels.difficulty}/{mixer}/{tss}/{labels.variant}/seed{labels.seed}"
+    return f"{labels.task}/{labels.difficulty}/{mixer}/{tss}/{labels.variant}"
+
+
+def run_key(labels: Labels) -> str:
+    """The run's results path: {cell}/seed{seed}."""
+    return f"{cell_key(labels)}/seed{labels.seed}"
 
 
 def difficulty_train_fields(synthetic: dict, task: str, difficulty: str) -> dict:
@@ -349,13 +354,12 @@ def run_path(key: str, name: str) -> str:
 
 
 def cells(runs: dict[str, Run], seeds: Sequence[int]) -> dict[str, list[str]]:
-    """The runs grouped by cell, the key without its seed: {cell: [key of each seed]}, seeds in
-    `seeds` order. Every experiment trains each of its settings once per seed of
-    synthetic.seeds, so every cell has exactly those seeds (checked here)."""
+    """The runs grouped by cell (`cell_key`): {cell: [key of each seed]}, seeds in `seeds`
+    order. Every experiment trains each of its settings once per seed of synthetic.seeds, so
+    every cell has exactly those seeds (checked here)."""
     grouped: dict[str, dict[int, str]] = {}
     for key, run in runs.items():
-        cell = key.removesuffix(f"/seed{run.labels.seed}")
-        grouped.setdefault(cell, {})[run.labels.seed] = key
+        grouped.setdefault(cell_key(run.labels), {})[run.labels.seed] = key
     for cell, by_seed in grouped.items():
         if sorted(by_seed) != sorted(seeds):
             raise ValueError(

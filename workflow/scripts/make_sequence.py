@@ -19,12 +19,15 @@ p = smk.params
 tokenizer = AutoTokenizer.from_pretrained(
     smk.input.model, trust_remote_code=p.trust_remote_code, local_files_only=True
 )
+# One passage order per seed, shared by every delimiter.
+passages = {
+    seed: load_passages(p.min_chars, p.max_chars, seed=seed, split="eval") for seed in p.seeds
+}
 # smk.output.sequences is in model_sequences order: each delimiter, then each seed
 orders = [(delimiter, seed) for delimiter in p.delimiters for seed in p.seeds]
 for (delimiter, seed), output in zip(orders, smk.output.sequences, strict=True):
-    passages = load_passages(p.min_chars, p.max_chars, seed=seed, split="eval")
     sequence = build_delimited_sequence(
-        tokenizer, passages, delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
+        tokenizer, passages[seed], delimiter, p.n_tokens, seed=seed, add_bos=p.add_bos
     )
     with atomic_output(Path(output)) as temporary:
         write_sequence(sequence, temporary)
