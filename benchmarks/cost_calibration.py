@@ -229,9 +229,8 @@ def main() -> None:
         sys.exit(check())
     rows = []
     header = ("kind", "mixer", "L", "N", "ops", "stride", "peak MB", "s")
-    print(
-        "".join(f"{h:<{w}}" if w < 7 else f"{h:>{w}}" for h, w in zip(header, WIDTHS, strict=True))
-    )
+    print("".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(
+        zip(header, WIDTHS, strict=True))))  # fmt: skip
     for spec in specs(args.quick):
         row = {**spec, **probe(spec), "threads": 1}
         rows.append(row)
