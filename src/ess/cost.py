@@ -171,7 +171,7 @@ def train_laws(mixer: str) -> tuple[Law, Law]:
     activations = [max(r["peak_mb"] - s, 1.0) for r, s in zip(rows, state_mb, strict=True)]
     seconds = [r["seconds"] for r in rows]
     return (
-        fit_law(("1", "B*L", "B*L*N"), points, activations),
+        fit_law(("1", "B*L", "B*L*N", "B*L^2"), points, activations),
         fit_law(("1", "B*L", "B*L*N", "B*L^2"), points, seconds),
     )
 
