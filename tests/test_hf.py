@@ -251,7 +251,11 @@ def test_sdpa_model_gives_the_same_factors_as_eager():
     sdpa = hf.capture_operators(sdpa_model, ids)
     for a, b in zip(eager, sdpa, strict=True):
         torch.testing.assert_close(a.tensors, b.tensors)
-        assert a.meta == b.meta
+        checks = ("check_error", "check_share")  # eager reproduces itself exactly, sdpa to 1e-7
+        assert {k: v for k, v in a.meta.items() if k not in checks} == {
+            k: v for k, v in b.meta.items() if k not in checks
+        }
+        assert b.meta["check_error"] < 1e-5
 
 
 def test_gqa_keys_are_stored_per_kv_head():

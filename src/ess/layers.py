@@ -12,7 +12,12 @@ LanguageModel). It keeps T in the form it was produced in, never converted until
 - ssm, meta mixer "mamba": dt (L, D), a (D, N), B, C (L, N), D (D,) [, u (L, D)] (mamba,
   falcon_mamba, jamba);
 - ssm, meta mixer "mamba2": dt (L, H), a (H,), B, C (L, G, N), D (H,) [, u (L, H, P)] (mamba2,
-  bamba, zamba2).
+  bamba, zamba2, nemotron_h, granitemoehybrid, falcon_h1);
+- attention, optional mask (L, L) bool: the keys each query sees when the model's mask is not
+  the plain causal (or sliding-window) one, e.g. llama4's chunked attention;
+- dense, T (H, L, L) with meta d_state: a recurrence whose state is not diagonal (gated delta
+  rule, KDA), kept as T itself; dense, meta mixer "short_conv": weight (D, K), the causal
+  depthwise convolution whose T is banded Toeplitz (lfm2).
 
 `matrix()` gives T per head/channel (attention: the dense ESS path), `realisation()` the
 diagonal realisation (A, B, C) of docs/method.md §1.1 (ssm: the realisation path), `tss` the
@@ -52,7 +57,7 @@ class LayerOperator:
     """
 
     layer: int
-    kind: Literal["attention", "ssm"]
+    kind: Literal["attention", "ssm", "dense"]
     tensors: dict[str, Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +70,8 @@ class LayerOperator:
         index = slice(None) if channels is None else channels
         if "T" in self.tensors:
             return self.tensors["T"][..., index, :, :]
+        if self.meta.get("mixer") == "short_conv":
+            return convolution_operator(self.tensors["weight"][index], self.meta["length"])
         t, m = self.tensors, self.meta
         head_ids = torch.arange(m["n_heads"])[index]
         k = t["k"][head_ids // (m["n_heads"] // m["n_kv_heads"])]  # the key head each reads
@@ -76,6 +83,7 @@ class LayerOperator:
             window=m["window"],
             softcap=m["softcap"],
             sinks=sinks,
+            mask=t.get("mask"),
         )
 
     def realisation(self, channels: Channels = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,8 +110,10 @@ class LayerOperator:
         """Theoretical state size per head/channel (docs/method.md §1.4): an int, d_state, for
         a state of fixed size; for attention the KV cache at each split i = 1 .. L-1, i or
         min(i, window): a (L-1,) int64 tensor (entry i-1 is split i)."""
-        if self.kind == "ssm":
+        if self.kind != "attention":
             return int(self.meta["d_state"])
+        if "mask" in self.tensors:
+            return cached_keys(self.tensors["mask"])
         splits = torch.arange(1, self.meta["length"])
         window = self.meta["window"]
         return splits if window is None else splits.clamp(max=window)
@@ -121,20 +131,47 @@ def attention_operator(
     window: int | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """T = softmax_j(q_i . k_j * scale + mask) per head, the causal attention matrix.
 
     q: (..., H, L, d); k: (..., H_kv, L, d) with H a multiple of H_kv (query head h reads key
     head h // (H / H_kv)); window w keeps j with i - j < w (transformers' sliding window);
     softcap c maps logits s -> c tanh(s / c) before the mask; sinks (H,) add one extra logit per
-    row that takes probability mass but no column (gpt-oss style). Returns T: (..., H, L, L),
-    zero above the diagonal, in q's dtype.
+    row that takes probability mass but no column (gpt-oss style); mask (L, L) bool, the keys
+    each query sees, replaces the window where the model's mask has another shape (llama4's
+    chunks). Returns T: (..., H, L, L), zero above the diagonal, in q's dtype.
     """
     k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     logits = (q @ k.transpose(-1, -2)) * scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -torch.inf)
     return attention_matrix(logits, window, sinks)
+
+
+def cached_keys(mask: Tensor) -> Tensor:
+    """Attention's TSS under a structured mask (L, L) bool: at split i = 1 .. L-1, the number
+    of keys j < i that some query at or after i still reads (the KV cache a state must keep).
+    Returns (L-1,) int64; equals i, or min(i, w) for a window w, under those masks."""
+    length = mask.shape[-1]
+    # read_later[i, j]: a query at or after i sees key j (suffix-or over the rows)
+    read_later = mask.flip(0).cumsum(0).flip(0) > 0
+    before = torch.ones(length, length, dtype=torch.bool).tril(-1)  # j < i
+    return (read_later & before).sum(-1)[1:].to(torch.int64)
+
+
+def convolution_operator(weight: Tensor, length: int) -> Tensor:
+    """T of a causal depthwise convolution per channel: banded Toeplitz, T[i, j] = w[K-1-(i-j)]
+    for 0 <= i - j < K (F.conv1d with K-1 left padding, as transformers' causal_conv1d_fn).
+
+    weight: (D, K). Returns T: (D, L, L)."""
+    kernel = weight.shape[-1]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # i - j
+    inside = (lag >= 0) & (lag < kernel)
+    taps = weight[:, (kernel - 1 - lag).clamp(0, kernel - 1)]  # (D, L, L)
+    return taps * inside
 
 
 def mamba_realisation(dt: Tensor, a: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
