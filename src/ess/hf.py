@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -106,13 +107,34 @@ class _Recorder:
         `check(op) -> (error, share)` run on the stored op (the form ESS will read)."""
         if self.layer is None:
             return  # a mixer run outside the decoder stack (e.g. a vision tower): not ours
-        tensors = {name: t.detach().to("cpu", torch.float32) for name, t in tensors.items()}
+        tensors = {name: _stored(t) for name, t in tensors.items()}
         op = LayerOperator(self.layer, kind, tensors, {"family": self.family, **meta})
         error, share = check(op)
         op.meta["check_error"], op.meta["check_share"] = error, share
         if not self.keep_inputs:
             op.tensors.pop("u", None)
         self.ops.append(op)
+
+
+def _stored(tensor: Tensor) -> Tensor:
+    """A captured tensor as kept: on the CPU, float32 unless boolean (an attention mask)."""
+    tensor = tensor.detach().cpu()
+    return tensor if tensor.dtype == torch.bool else tensor.float()
+
+
+# Parts that act on each position alone: a layer made only of these mixes no sequence (the MLP
+# and MoE layers of nemotron_h), so no route is expected to record it.
+_TOKENWISE = re.compile(
+    r"MLP|Mlp|MoE|Moe|Expert|Router|Gate|Norm|Linear|Dropout|Identity|Activation|SiLU|GELU|ReLU"
+)
+
+
+def is_tokenwise(layer: nn.Module) -> bool:
+    """True if every part of `layer` (itself aside) is a position-wise one _TOKENWISE names."""
+    modules = [
+        m for m in list(layer.modules())[1:] if not isinstance(m, nn.ModuleList | nn.ModuleDict)
+    ]
+    return all(_TOKENWISE.search(type(m).__name__) for m in modules)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -551,7 +573,8 @@ def capture_operators(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    missed = sorted(set(range(len(layers))) - {op.layer for op in recorder.ops})
+    caught = {op.layer for op in recorder.ops}
+    missed = [i for i, layer in enumerate(layers) if i not in caught and not is_tokenwise(layer)]
     if missed:
         raise NoCaptureRoute(_missed_layers_message(layers, missed))
     failed = [op for op in recorder.ops if verify is not None and op.meta["check_error"] > verify]
