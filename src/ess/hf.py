@@ -583,6 +583,70 @@ def capture_operators(
     return recorder.ops
 
 
+# ---------------------------------------------------------------------------------------------
+# Which families have a route (`ess families`)
+# ---------------------------------------------------------------------------------------------
+
+# Families whose tiny random model tests/test_capture.py or tests/test_hf.py checks y = T u on
+# (test_capture asserts this set equals what the tests build).
+TESTED_FAMILIES = frozenset(
+    {
+        "bamba", "cohere2", "falcon_h1", "falcon_mamba", "gemma2", "gemma3", "gemma3_text",
+        "gpt2", "gpt_neox", "gpt_oss", "granitemoehybrid", "jamba", "kimi_linear", "lfm2",
+        "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
+        "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
+    }
+)  # fmt: skip
+# Mixers in transformers with no route yet: a marker in the modeling source -> the mixer
+_UNROUTED = {
+    "rg_lru": "RG-LRU",
+    "lightningattention": "lightning attention",
+    "mlstm": "mLSTM",
+    "wkv": "WKV",
+    "rwkv": "WKV",
+}
+
+
+def _modeling_source(model_type: str) -> str:
+    """The text of transformers' modeling file of `model_type` ("" if it has none)."""
+    import importlib.util
+
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    name = model_type_to_module_name(model_type)
+    spec = importlib.util.find_spec(f"transformers.models.{name}.modeling_{name}")
+    return "" if spec is None or spec.origin is None else open(spec.origin).read()
+
+
+def family_route(model_type: str) -> str:
+    """How `capture_operators` reaches the mixers of `model_type`, read from its modeling file:
+    the routes it calls, the mixers no route covers, or why it is refused."""
+    if model_type in COMPOSITE_MIXERS:
+        return f"refused: {COMPOSITE_MIXERS[model_type]}"
+    source = _modeling_source(model_type)
+    lowered = source.lower()
+    routes = ["attention registry"] if "ALL_ATTENTION_FUNCTIONS" in source else []
+    scans = [name for name in SCAN_ROUTES if f"{name}(" in source]
+    if scans and "causal_conv1d_fn" in scans and len(scans) > 1:
+        scans.remove("causal_conv1d_fn")  # a pre-scan conv with an activation: not a mixer
+    routes += scans
+    missing = sorted({mixer for marker, mixer in _UNROUTED.items() if marker in lowered})
+    if missing:
+        return f"none for {', '.join(missing)}" + (f" ({', '.join(routes)})" if routes else "")
+    return ", ".join(routes) if routes else "none (attention outside the registry)"
+
+
+def family_routes() -> list[dict]:
+    """Every causal-LM model type of the installed transformers, sorted: model_type, route
+    (family_route) and tested (in TESTED_FAMILIES)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return [
+        {"model_type": name, "route": family_route(name), "tested": name in TESTED_FAMILIES}
+        for name in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    ]
+
+
 def language_model_operators(model: LanguageModel, input_ids: torch.Tensor) -> list[LayerOperator]:
     """Every layer's operator of an ess.models.LanguageModel on one sequence, in layer order.
 
