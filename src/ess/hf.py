@@ -1,7 +1,7 @@
 """Capture each layer's sequence-mixing operator T from a loaded transformers model.
 
 Every mixer computes, per head or channel, `y = T u` with a causal L x L operator T
-(docs/method.md §1, §6). This module runs a model ONCE on one token sequence and keeps, per
+(docs/method.md §1, §5). This module runs a model ONCE on one token sequence and keeps, per
 layer, the small factors of T (or T itself where no smaller form exists) as an
 `ess.layers.LayerOperator`.
 

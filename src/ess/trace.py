@@ -3,7 +3,7 @@
 One forward pass captures every layer's operator (ess.hf.capture_operators, each checked
 against the mixer's own output); `trace_table` then measures tolerance-ESS at each tau,
 entropy-ESS, the TSS and the utilisation (ESS at the first tau / TSS) per layer, mixer,
-head/channel and split position (docs/method.md §6). `write_trace` keeps the table as parquet
+head/channel and split position (docs/method.md §5). `write_trace` keeps the table as parquet
 with its provenance in the file metadata; `plot_trace` draws it, from the table alone.
 """
 
