@@ -86,6 +86,19 @@ FAMILY_CONFIGS = {
         chunk_size=8,
     ),
     "granitemoehybrid": {},
+    "rwkv": dict(attention_hidden_size=64),
+    "recurrent_gemma": dict(
+        lru_width=64,
+        block_types=["recurrent", "attention"],
+        attention_window_size=4,
+        conv1d_width=3,
+    ),
+    "minimax": dict(
+        layer_types=["linear_attention", "full_attention"],
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        block_size=4,
+    ),
     "zamba": dict(
         num_hidden_layers=4,
         layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
@@ -95,6 +108,9 @@ FAMILY_CONFIGS = {
         n_mamba_heads=2,
     ),
 }
+# xLSTM's mLSTM has no capture route yet
+XLSTM_TYPE = "xlstm"
+XLSTM_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2)
 # model_type -> the mixers its tiny model must show (each at least once)
 EXPECTED_MIXERS = {
     "gpt_oss": {"softmax_attention"},
@@ -107,6 +123,9 @@ EXPECTED_MIXERS = {
     "nemotron_h": {"mamba2", "softmax_attention"},
     "granitemoehybrid": {"mamba2"},
     "zamba": {"mamba", "softmax_attention"},
+    "rwkv": {"wkv"},
+    "recurrent_gemma": {"rg_lru", "softmax_attention"},
+    "minimax": {"lightning_attention", "softmax_attention"},
 }
 
 
@@ -200,11 +219,9 @@ def test_a_new_model_type_is_captured_with_no_code_change():
 
 
 def test_a_layer_with_no_route_is_named():
-    config = AutoConfig.for_model(
-        "rwkv", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32
-    )
+    config = AutoConfig.for_model(XLSTM_TYPE, **XLSTM_CONFIG)
     model = AutoModelForCausalLM.from_config(config).eval()
-    with pytest.raises(hf.NoCaptureRoute, match=r"decoder layer\(s\) \[0, 1\].*RwkvSelfAttention"):
+    with pytest.raises(hf.NoCaptureRoute, match=r"decoder layer\(s\) \[0, 1\].*xLSTMLayer"):
         hf.capture_operators(model, token_ids())
 
 

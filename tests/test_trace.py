@@ -152,7 +152,7 @@ def test_failed_self_check_exits_3_and_writes_nothing(mamba2_dir, text_file, tmp
 
 def test_layer_with_no_route_exits_2(text_file, tmp_path, capsys):
     model = save_tiny_model(
-        tmp_path / "rwkv", "rwkv", hidden_size=32, num_hidden_layers=2, attention_hidden_size=32
+        tmp_path / "xlstm", "xlstm", hidden_size=32, num_hidden_layers=2, num_heads=2
     )
     out = tmp_path / "trace.parquet"
     assert trace(model, text_file, out) == 2
@@ -172,7 +172,8 @@ def test_families_lists_routes_and_the_tested_set():
     assert "mamba2_chunk_scan" in rows["bamba"]["route"] and rows["bamba"]["tested"]
     assert rows["qwen3_next"]["route"] == "attention registry, torch_chunk_gated_delta_rule"
     assert rows["diffllama"]["route"].startswith("refused")
-    assert rows["rwkv"]["route"] == "none for WKV" and not rows["rwkv"]["tested"]
+    assert rows["xlstm"]["route"] == "none for mLSTM" and not rows["xlstm"]["tested"]
+    assert rows["minimax"]["route"] == "attention registry, lightning attention hooks"
     assert hf.TESTED_FAMILIES <= set(rows)
     from test_capture import FAMILY_CONFIGS
     from test_hf import ATTENTION_CONFIGS, HYBRID_CONFIGS, SSM_CONFIGS

@@ -21,15 +21,19 @@ arguments, call the original unchanged, and check T u against the output it retu
   olmo_hybrid, qwen3_5) and `chunk_kimi_delta_attention` (kimi_linear): T per head is the
   function's own output on the value stream V = I_L (it is linear in V), and
   `causal_conv1d_fn` without an activation (lfm2's gated short convolution: the conv's banded
-  Toeplitz T on its input B * x).
+  Toeplitz T on its input B * x), `rwkv_linear_attention` (rwkv's WKV: a softmax over past
+  keys per channel), and the `_rnn_scan` method of recurrent_gemma's RG-LRU (per channel,
+  A = a, B = C = 1).
+- module hooks where the mixer calls no function: minimax's lightning attention (qkv_proj and
+  norm: A = exp(-slope), B = k, C = q per head).
 - forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks` or `h`) say
   which layer a call belongs to (zamba2 reuses one attention block in several layers).
 
 Each capture is checked on a few heads: the relative error of T u (plus the mixer's skip D u)
 against the function's own output is `meta["check_error"]`, and the share ||T u|| / ||y|| is
 `meta["check_share"]`. `capture_operators` raises SelfCheckError above `verify`, and
-NoCaptureRoute for a decoder layer no route caught (RG-LRU, lightning attention, mLSTM, WKV and
-attention outside the registry have none yet). Mixers with no single T (COMPOSITE_MIXERS) are
+NoCaptureRoute for a decoder layer no route caught (mLSTM and attention outside the registry
+have none yet). Mixers with no single T (COMPOSITE_MIXERS) are
 refused by name.
 
 Limits: one text sequence per capture; the wrapped registry and module globals are process-wide,
@@ -457,14 +461,57 @@ def _causal_conv1d(recorder: _Recorder, bound: inspect.BoundArguments, result) -
     recorder.add("dense", {"weight": weight}, meta, check)
 
 
+def _wkv(recorder: _Recorder, bound: inspect.BoundArguments, result) -> None:
+    """RWKV-4's WKV per channel: time_decay w (C,) (the decay is exp(w)), time_first u (C,),
+    key, value (1, L, C); the output is linear in the values (ess.layers.wkv_operator)."""
+    a = bound.arguments
+    _refuse_initial_state(a.get("state"), "rwkv_linear_attention")
+    key, value = a["key"][0], a["value"][0]
+    length, n_channels = key.shape
+    tensors = {"key": key, "decay": torch.exp(a["time_decay"]), "bonus": a["time_first"]}
+    meta = {"mixer": "wkv", "n_channels": n_channels, "d_state": 1, "length": length}
+    output = _first(result)[0]  # (L, C)
+
+    def check(op: LayerOperator) -> tuple[float, float]:
+        c = _check_units(n_channels)
+        v = value[:, c].float().cpu().T[..., None]  # (c, L, 1)
+        return _relative((op.matrix(c) @ v)[..., 0], 0.0, output[:, c].float().cpu().T)
+
+    recorder.add("dense", tensors, meta, check)
+
+
+def _rg_lru_scan(recorder: _Recorder, bound: inspect.BoundArguments, result) -> None:
+    """RG-LRU (recurrent_gemma's `_rnn_scan`): x_t = a_t x_{t-1} + u_t per channel, with the
+    gated, normalised input u (1, L, D) and decay a (1, L, D) zeroed where `reset` (1, L, 1)
+    starts a document. Realisation A = a, B = C = 1, state size 1 per channel."""
+    a = bound.arguments
+    _refuse_initial_state(a.get("recurrent_states"), "_rnn_scan")
+    u = a["hidden_states"][0]  # (L, D)
+    length, n_channels = u.shape
+    decay = (a["recurrent_gate"] * ~a["reset"])[0].T[..., None]  # (D, L, 1)
+    tensors = {"A": decay, "B": torch.ones_like(decay), "C": torch.ones_like(decay), "u": u}
+    meta = {"mixer": "rg_lru", "n_channels": n_channels, "d_state": 1, "length": length}
+    output = _first(result)[0]  # (L, D)
+
+    def check(op: LayerOperator) -> tuple[float, float]:
+        c = _check_units(n_channels)
+        Tu = scan(*op.realisation(c), op.tensors["u"][:, c].T[..., None])[..., 0]
+        return _relative(Tu, 0.0, output[:, c].float().cpu().T)
+
+    recorder.add("ssm", tensors, meta, check)
+
+
 # function name -> capture(recorder, bound arguments, result[, original])
 SCAN_ROUTES: dict[str, Callable] = {
+    "rwkv_linear_attention": _wkv,
     "mamba_selective_scan": _mamba_selective_scan,
     "mamba2_chunk_scan": _mamba2_chunk_scan,
     "torch_chunk_gated_delta_rule": _delta_rule("gated_delta_rule"),
     "chunk_kimi_delta_attention": _delta_rule("kimi_delta_attention"),
     "causal_conv1d_fn": _causal_conv1d,
 }
+# method name -> capture, for scans that are methods of the mixer module (same signature rules)
+METHOD_ROUTES: dict[str, Callable] = {"_rnn_scan": _rg_lru_scan}
 
 
 @contextlib.contextmanager
@@ -474,7 +521,7 @@ def _recording_scans(model: nn.Module, recorder: _Recorder) -> Iterator[None]:
 
     def recording(name: str, original: Callable) -> Callable:
         signature = inspect.signature(original)
-        capture = SCAN_ROUTES[name]
+        capture = {**SCAN_ROUTES, **METHOD_ROUTES}[name]
         wants_original = "original" in inspect.signature(capture).parameters
 
         def scan_function(*args, **kwargs):
@@ -490,18 +537,86 @@ def _recording_scans(model: nn.Module, recorder: _Recorder) -> Iterator[None]:
         return scan_function
 
     modules = {sys.modules[type(m).__module__] for m in model.modules()}
-    saved = []
+    saved, methods = [], []
     for module in modules:
         for name in SCAN_ROUTES:
             original = getattr(module, name, None)
             if callable(original):
                 saved.append((module, name, original))
                 setattr(module, name, recording(name, original))
+    for mixer in model.modules():
+        for name in METHOD_ROUTES:
+            if callable(getattr(type(mixer), name, None)):  # a method: wrap it on the instance
+                methods.append((mixer, name))
+                setattr(mixer, name, recording(name, getattr(mixer, name)))
     try:
         yield
     finally:
         for module, name, original in saved:
             setattr(module, name, original)
+        for mixer, name in methods:
+            delattr(mixer, name)  # the class's method shows through again
+
+
+# --- module hooks, where no function is called ------------------------------------------------
+
+
+def _is_lightning_attention(module: nn.Module) -> bool:
+    """minimax's lightning attention: a per-head decay exp(-slope) over linear attention."""
+    return all(hasattr(module, a) for a in ("slope_rate", "qkv_proj", "norm", "act_fn"))
+
+
+def _hook_lightning_attention(mixer: nn.Module, recorder: _Recorder) -> list:
+    """Forward hooks on the mixer's qkv_proj (q, k, v after its activation: (1, L, H, d) each)
+    and pre-hook on its norm (the attention output (1, L, H d), before norm and gate).
+
+    y_i = sum_{j<=i} (q_i . k_j) exp(-s (i - j)) v_j per head: the realisation A = exp(-s),
+    B = k, C = q, state size d per value channel."""
+    kept = {}
+
+    def on_qkv(module, args, output):
+        qkv = mixer.act_fn(output)
+        kept["qkv"] = qkv.reshape(*qkv.shape[:2], mixer.num_attention_heads, 3 * mixer.head_dim)
+
+    def on_norm(module, args):
+        q, k, v = torch.split(kept.pop("qkv")[0], mixer.head_dim, dim=-1)  # (L, H, d)
+        length, n_heads, head_dim = q.shape
+        decay = torch.exp(-mixer.slope_rate.reshape(n_heads, 1, 1)).expand(n_heads, length, 1)
+        tensors = {
+            "A": decay.expand(n_heads, length, head_dim),
+            "B": k.transpose(0, 1),
+            "C": q.transpose(0, 1),
+            "u": v.transpose(0, 1),  # (H, L, d)
+        }
+        meta = {"mixer": "lightning_attention", "n_heads": n_heads, "d_state": head_dim}
+        meta["length"] = length
+        output = args[0][0].reshape(length, n_heads, head_dim).transpose(0, 1)
+
+        def check(op: LayerOperator) -> tuple[float, float]:
+            h = _check_units(n_heads)
+            Tu = scan(*op.realisation(h), op.tensors["u"][h])
+            return _relative(Tu, 0.0, output[h].float().cpu())
+
+        recorder.add("ssm", tensors, meta, check)
+
+    return [
+        mixer.qkv_proj.register_forward_hook(on_qkv),
+        mixer.norm.register_forward_pre_hook(on_norm),
+    ]
+
+
+# predicate on a module -> hook installer returning handles
+MODULE_ROUTES: dict[Callable, Callable] = {_is_lightning_attention: _hook_lightning_attention}
+
+
+def _hook_modules(model: nn.Module, recorder: _Recorder) -> list:
+    """Install every MODULE_ROUTES hook on the modules its predicate recognises."""
+    handles = []
+    for module in model.modules():
+        for recognises, hook in MODULE_ROUTES.items():
+            if recognises(module):
+                handles += hook(module, recorder)
+    return handles
 
 
 def _forward_kwargs(model: nn.Module) -> dict:
@@ -518,7 +633,8 @@ def _missed_layers_message(layers: nn.ModuleList, missed: list[int]) -> str:
     return (
         f"no capture route recorded a sequence mixer in decoder layer(s) {missed} (their parts: "
         f"{', '.join(children)}); routes: the attention registry, "
-        f"{', '.join(SCAN_ROUTES)} (docs/families.md)"
+        f"{', '.join([*SCAN_ROUTES, *METHOD_ROUTES])}, lightning attention hooks "
+        f"(docs/families.md)"
     )
 
 
@@ -562,7 +678,7 @@ def capture_operators(
         raise ValueError(f"capture one sequence at a time, got input_ids {tuple(input_ids.shape)}")
     recorder = _Recorder(family=str(model_type(model)), keep_inputs=keep_inputs)
     layers = decoder_layers(model)
-    handles = _hook_layer_index(layers, recorder)
+    handles = _hook_layer_index(layers, recorder) + _hook_modules(model, recorder)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -595,16 +711,13 @@ TESTED_FAMILIES = frozenset(
         "gpt2", "gpt_neox", "gpt_oss", "granitemoehybrid", "jamba", "kimi_linear", "lfm2",
         "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
         "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
+        "rwkv", "recurrent_gemma", "minimax",
     }
 )  # fmt: skip
 # Mixers in transformers with no route yet: a marker in the modeling source -> the mixer
-_UNROUTED = {
-    "rg_lru": "RG-LRU",
-    "lightningattention": "lightning attention",
-    "mlstm": "mLSTM",
-    "wkv": "WKV",
-    "rwkv": "WKV",
-}
+_UNROUTED = {"mlstm": "mLSTM"}
+# Mixers reached by MODULE_ROUTES hooks: a marker in the modeling source -> the route's name
+_HOOKED = {"lightningattention": "lightning attention hooks"}
 
 
 def _modeling_source(model_type: str) -> str:
@@ -626,10 +739,10 @@ def family_route(model_type: str) -> str:
     source = _modeling_source(model_type)
     lowered = source.lower()
     routes = ["attention registry"] if "ALL_ATTENTION_FUNCTIONS" in source else []
-    scans = [name for name in SCAN_ROUTES if f"{name}(" in source]
+    scans = [name for name in {**SCAN_ROUTES, **METHOD_ROUTES} if f"{name}(" in source]
     if scans and "causal_conv1d_fn" in scans and len(scans) > 1:
         scans.remove("causal_conv1d_fn")  # a pre-scan conv with an activation: not a mixer
-    routes += scans
+    routes += scans + [route for marker, route in _HOOKED.items() if marker in lowered]
     missing = sorted({mixer for marker, mixer in _UNROUTED.items() if marker in lowered})
     if missing:
         return f"none for {', '.join(missing)}" + (f" ({', '.join(routes)})" if routes else "")

@@ -17,7 +17,10 @@ LanguageModel). It keeps T in the form it was produced in, never converted until
   the plain causal (or sliding-window) one, e.g. llama4's chunked attention;
 - dense, T (H, L, L) with meta d_state: a recurrence whose state is not diagonal (gated delta
   rule, KDA), kept as T itself; dense, meta mixer "short_conv": weight (D, K), the causal
-  depthwise convolution whose T is banded Toeplitz (lfm2).
+  depthwise convolution whose T is banded Toeplitz (lfm2); dense, meta mixer "wkv": key (L, C),
+  decay (C,), bonus (C,), RWKV-4's normalised WKV (rwkv);
+- ssm, A, B, C (H, L, N): also RG-LRU (recurrent_gemma, N = 1 per channel) and lightning
+  attention (minimax, a per-head scalar decay with B = k, C = q).
 
 `matrix()` gives T per head/channel (attention: the dense ESS path), `realisation()` the
 diagonal realisation (A, B, C) of docs/method.md §1.1 (ssm: the realisation path), `tss` the
@@ -72,6 +75,9 @@ class LayerOperator:
             return self.tensors["T"][..., index, :, :]
         if self.meta.get("mixer") == "short_conv":
             return convolution_operator(self.tensors["weight"][index], self.meta["length"])
+        if self.meta.get("mixer") == "wkv":
+            t = self.tensors
+            return wkv_operator(t["key"][:, index].T, t["decay"][index], t["bonus"][index])
         t, m = self.tensors, self.meta
         head_ids = torch.arange(m["n_heads"])[index]
         k = t["k"][head_ids // (m["n_heads"] // m["n_kv_heads"])]  # the key head each reads
@@ -160,6 +166,21 @@ def cached_keys(mask: Tensor) -> Tensor:
     read_later = mask.flip(0).cumsum(0).flip(0) > 0
     before = torch.ones(length, length, dtype=torch.bool).tril(-1)  # j < i
     return (read_later & before).sum(-1)[1:].to(torch.int64)
+
+
+def wkv_operator(key: Tensor, decay: Tensor, bonus: Tensor) -> Tensor:
+    """T of RWKV-4's WKV per channel: y_t = sum_{j<=t} T[t, j] v_j with T a softmax over
+    j <= t of the logits k_j - (t - 1 - j) w for j < t and u + k_t for j = t (transformers'
+    rwkv_linear_attention; its running sums are this ratio, kept stable by a running max).
+
+    key: (C, L); decay w = exp(time_decay) (C,) > 0; bonus u = time_first (C,). Returns T:
+    (C, L, L), rows summing to 1, zero above the diagonal."""
+    length = key.shape[-1]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # t - j
+    logits = key[:, None, :] - (lag - 1).clamp(min=0) * decay[:, None, None]
+    on_diagonal = torch.eye(length, dtype=torch.bool)
+    logits = torch.where(on_diagonal, (bonus[:, None] + key)[:, :, None], logits)
+    return torch.softmax(logits.masked_fill(lag < 0, -torch.inf), dim=-1)
 
 
 def convolution_operator(weight: Tensor, length: int) -> Tensor:
