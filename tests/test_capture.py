@@ -87,6 +87,16 @@ FAMILY_CONFIGS = {
     ),
     "granitemoehybrid": {},
     "rwkv": dict(attention_hidden_size=64),
+    # attention outside the registry: T from output_attentions, checked through v_proj or the
+    # fused qkv projection's value part
+    "gpt_neo": dict(
+        attention_types=[[["global", "local"], 1]], window_size=4, num_layers=2, num_heads=4
+    ),
+    "bloom": dict(n_layer=2, n_head=4),
+    "falcon": dict(head_dim=None, new_decoder_architecture=False, multi_query=False),
+    "mpt": dict(n_layers=2, n_heads=4, d_model=64),
+    "gptj": dict(n_layer=2, n_head=4, n_embd=64, rotary_dim=8),
+    "xglm": dict(num_layers=2, attention_heads=4, d_model=64, ffn_dim=64),
     "recurrent_gemma": dict(
         lru_width=64,
         block_types=["recurrent", "attention"],
@@ -130,8 +140,12 @@ EXPECTED_MIXERS = {
 
 
 def tiny_model(model_type: str, **overrides) -> torch.nn.Module:
-    """A seeded tiny random causal LM of `model_type` in eval mode with eager attention."""
-    config = AutoConfig.for_model(model_type, **{**BASE, **FAMILY_CONFIGS[model_type], **overrides})
+    """A seeded tiny random causal LM of `model_type` in eval mode with eager attention (an
+    override None drops that setting of BASE)."""
+    settings = {**BASE, **FAMILY_CONFIGS[model_type], **overrides}
+    config = AutoConfig.for_model(
+        model_type, **{key: value for key, value in settings.items() if value is not None}
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
 
@@ -178,6 +192,20 @@ def test_chunked_mask_is_kept_and_sets_the_tss():
     assert torch.all(chunked.matrix()[:, ~same_chunk] == 0)
     assert chunked.tss.tolist() == [j % 4 for j in range(1, LENGTH)]
     assert full.tss.tolist() == list(range(1, LENGTH))
+
+
+def test_local_attention_outside_the_registry_keeps_its_window():
+    """gpt_neo computes attention itself: its local layer's T, read from output_attentions,
+    shows the window of 4, stated as meta["window"] (TSS min(i, 4), docs/method.md §1.4)."""
+    model, ids = tiny_model("gpt_neo"), token_ids()
+    ops = hf.capture_operators(model, ids)
+    assert [op.meta["route"] for op in ops] == ["output_attentions"] * 2
+    assert [op.meta["window"] for op in ops] == [None, 4]
+    assert not any("mask" in op.tensors for op in ops)
+    assert ops[1].tss.tolist() == [min(i, 4) for i in range(1, LENGTH)]
+    with torch.no_grad():
+        weights = model(ids, output_attentions=True, use_cache=False).attentions
+    torch.testing.assert_close(ops[1].matrix(), weights[1][0], rtol=0, atol=0)
 
 
 def test_a_wrong_operator_fails_its_self_check(monkeypatch):

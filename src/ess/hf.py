@@ -26,14 +26,16 @@ arguments, call the original unchanged, and check T u against the output it retu
   A = a, B = C = 1).
 - module hooks where the mixer calls no function: minimax's lightning attention (qkv_proj and
   norm: A = exp(-slope), B = k, C = q per head).
+- attention outside the registry (bloom, gpt_neo, falcon, mpt, ...): T from a second pass
+  with output_attentions=True for the layers nothing else recorded, checked on the values of
+  the layer's v_proj or fused qkv projection.
 - forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks` or `h`) say
   which layer a call belongs to (zamba2 reuses one attention block in several layers).
 
 Each capture is checked on a few heads: the relative error of T u (plus the mixer's skip D u)
 against the function's own output is `meta["check_error"]`, and the share ||T u|| / ||y|| is
 `meta["check_share"]`. `capture_operators` raises SelfCheckError above `verify`, and
-NoCaptureRoute for a decoder layer no route caught (mLSTM and attention outside the registry
-have none yet). Mixers with no single T (COMPOSITE_MIXERS) are
+NoCaptureRoute for a decoder layer no route caught (xlstm's mLSTM has none yet). Mixers with no single T (COMPOSITE_MIXERS) are
 refused by name.
 
 Limits: one text sequence per capture; the wrapped registry and module globals are process-wide,
@@ -247,8 +249,10 @@ def _attention_factors(
         if torch.any(visible & ~causal):
             raise ValueError(f"{type(module).__name__}'s mask lets queries see later keys")
         assumed = causal if window is None else causal & (i[:, None] - i[None, :] < window)
-        if not torch.equal(visible, assumed):
-            tensors["mask"] = visible
+        if not torch.equal(visible, assumed):  # the mask, not the kwargs, is what was applied
+            window, mask = _window_or_mask(visible.cpu())
+            if mask is not None:
+                tensors["mask"] = mask
     meta = {
         "mixer": "softmax_attention",
         "n_heads": query.shape[1],
@@ -619,6 +623,116 @@ def _hook_modules(model: nn.Module, recorder: _Recorder) -> list:
     return handles
 
 
+# --- attention outside the registry: output_attentions -------------------------------------------
+
+_OUTPUT_PROJECTIONS = ("out_proj", "o_proj", "c_proj", "dense")
+
+
+# fused qkv projection name -> how its output (1, L, 3 H d) holds v: "per_head" (H, 3, d) as
+# bloom and falcon split it, "blocked" (3, H, d) as mpt's Wqkv
+_FUSED_QKV = {"query_key_value": "per_head", "Wqkv": "blocked"}
+
+
+def _value_stream(projection: str, output: Tensor, n_heads: int) -> Tensor:
+    """The values (H, L, d) in the output (1, L, *) of a value or fused qkv projection."""
+    length = output.shape[1]
+    if projection == "v_proj":
+        return output[0].reshape(length, n_heads, -1).transpose(0, 1)
+    if _FUSED_QKV[projection] == "per_head":
+        return output[0].reshape(length, n_heads, 3, -1)[:, :, 2].transpose(0, 1)
+    return output[0].reshape(length, 3, n_heads, -1)[:, 2].transpose(0, 1)
+
+
+def _value_and_output_projections(layer: nn.Module) -> tuple[str, nn.Module, nn.Module] | None:
+    """(name, value or fused qkv projection, output projection) of the attention inside
+    `layer`, or None if it has neither a v_proj nor a fused projection of a known layout."""
+    for module in layer.modules():
+        out = next((getattr(module, n) for n in _OUTPUT_PROJECTIONS if hasattr(module, n)), None)
+        for name in ("v_proj", *_FUSED_QKV):
+            if isinstance(getattr(module, name, None), nn.Module) and out is not None:
+                return name, getattr(module, name), out
+    return None
+
+
+def _attention_weights_check(weights: Tensor, streams: dict) -> Callable:
+    """Self-check of an output_attentions capture: T v per head against the input of the
+    output projection (1, L, H d), split head-major; NaN (a failed check) when the layer has
+    no projection to read v from."""
+
+    def check(op: LayerOperator) -> tuple[float, float]:
+        if "v" not in streams:
+            return float("nan"), float("nan")
+        n_heads, length = weights.shape[0], weights.shape[-1]
+        h = _check_units(n_heads)
+        v = _value_stream(streams["projection"], streams["v"], n_heads)[h].float().cpu()
+        y = streams["y"][0].float().cpu().reshape(length, n_heads, -1).transpose(0, 1)[h]
+        return _relative(op.matrix(h) @ v, 0.0, y)
+
+    return check
+
+
+def _window_or_mask(visible: Tensor) -> tuple[int | None, Tensor | None]:
+    """The keys each query sees (L, L) bool as meta states them: (None, None) if causal,
+    (w, None) if a sliding window of w (0 <= i - j < w, TSS min(i, w) by docs/method.md §1.4),
+    else (None, visible), kept for cached_keys."""
+    length = visible.shape[-1]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    window = int(lag[visible].max()) + 1
+    if torch.equal(visible, (lag >= 0) & (lag < window)):
+        return (None if window == length else window), None
+    return None, visible
+
+
+def _capture_attention_weights(
+    model: nn.Module, input_ids: Tensor, layers: nn.ModuleList, missed: list[int], recorder
+) -> None:
+    """Attention computed outside the registry (bloom, gpt_neo, falcon): T (H, L, L) of each
+    `missed` layer from a second forward pass with output_attentions=True, and, where the
+    layer has a value projection, its v and the output projection's input for the check.
+
+    The keys a query sees are read from T's nonzero entries (a masked key gets exactly 0) and
+    stated as a window, or kept as `mask`, for the TSS (_window_or_mask)."""
+    streams = {i: {} for i in missed}
+    handles = []
+    for i in missed:
+        projections = _value_and_output_projections(layers[i])
+        if projections is None:
+            continue
+        streams[i]["projection"] = projections[0]
+
+        def keep_v(module, args, output, kept=streams[i]):
+            kept["v"] = output
+
+        def keep_y(module, args, kept=streams[i]):
+            kept["y"] = args[0]
+
+        handles.append(projections[1].register_forward_hook(keep_v))
+        handles.append(projections[2].register_forward_pre_hook(keep_y))
+    try:
+        attentions = model(input_ids=input_ids, output_attentions=True, **_forward_kwargs(model))
+    finally:
+        for handle in handles:
+            handle.remove()
+    attentions = getattr(attentions, "attentions", None) or ()
+    for i in missed:
+        if i >= len(attentions) or attentions[i] is None:
+            continue
+        weights = attentions[i][0].float()  # (H, L, L)
+        length = weights.shape[-1]
+        window, mask = _window_or_mask((weights > 0).any(0))
+        tensors = {"T": weights} if mask is None else {"T": weights, "mask": mask}
+        meta = {
+            "mixer": "softmax_attention",
+            "route": "output_attentions",
+            "n_heads": weights.shape[0],
+            "length": length,
+            "window": window,
+        }
+        recorder.layer = i
+        recorder.add("attention", tensors, meta, _attention_weights_check(weights, streams[i]))
+    recorder.layer = None
+
+
 def _forward_kwargs(model: nn.Module) -> dict:
     """use_cache=False (keys as computed, no cache), and logits for the last position only."""
     kwargs = {"use_cache": False}
@@ -691,9 +805,24 @@ def capture_operators(
         model.train(was_training)
     caught = {op.layer for op in recorder.ops}
     missed = [i for i, layer in enumerate(layers) if i not in caught and not is_tokenwise(layer)]
+    if missed:  # attention outside the registry may still return its weights
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                ids = input_ids.to(device)
+                _capture_attention_weights(model, ids, layers, missed, recorder)
+        finally:
+            model.train(was_training)
+        recorder.ops.sort(key=lambda op: op.layer)  # stable: a layer's mixers keep their order
+        missed = [i for i in missed if i not in {op.layer for op in recorder.ops}]
     if missed:
         raise NoCaptureRoute(_missed_layers_message(layers, missed))
-    failed = [op for op in recorder.ops if verify is not None and op.meta["check_error"] > verify]
+    failed = [
+        op
+        for op in recorder.ops
+        if verify is not None and not op.meta["check_error"] <= verify  # NaN: not checkable
+    ]
     if failed:
         raise SelfCheckError(_failed_checks_message(failed, verify))
     return recorder.ops
@@ -711,7 +840,7 @@ TESTED_FAMILIES = frozenset(
         "gpt2", "gpt_neox", "gpt_oss", "granitemoehybrid", "jamba", "kimi_linear", "lfm2",
         "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
         "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
-        "rwkv", "recurrent_gemma", "minimax",
+        "rwkv", "recurrent_gemma", "minimax", "gpt_neo", "bloom", "falcon", "mpt", "gptj", "xglm",
     }
 )  # fmt: skip
 # Mixers in transformers with no route yet: a marker in the modeling source -> the mixer
@@ -746,7 +875,7 @@ def family_route(model_type: str) -> str:
     missing = sorted({mixer for marker, mixer in _UNROUTED.items() if marker in lowered})
     if missing:
         return f"none for {', '.join(missing)}" + (f" ({', '.join(routes)})" if routes else "")
-    return ", ".join(routes) if routes else "none (attention outside the registry)"
+    return ", ".join(routes) if routes else "output_attentions (attention outside the registry)"
 
 
 def family_routes() -> list[dict]:

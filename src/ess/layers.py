@@ -160,7 +160,9 @@ def attention_operator(
 def cached_keys(mask: Tensor) -> Tensor:
     """Attention's TSS under a structured mask (L, L) bool: at split i = 1 .. L-1, the number
     of keys j < i that some query at or after i still reads (the KV cache a state must keep).
-    Returns (L-1,) int64; equals i, or min(i, w) for a window w, under those masks."""
+    Returns (L-1,) int64: i under a causal mask, i mod c under chunks of c (llama4). (A
+    sliding window w gives min(i, w - 1); meta["window"] states windows instead, counted
+    min(i, w) by docs/method.md §1.4.)"""
     length = mask.shape[-1]
     # read_later[i, j]: a query at or after i sees key j (suffix-or over the rows)
     read_later = mask.flip(0).cumsum(0).flip(0) > 0
