@@ -66,7 +66,18 @@ FAMILY_CONFIGS = {
         shared_expert_intermediate_size=32,
     ),
     "olmo_hybrid": {},
-    "kimi_linear": {},
+    "kimi_linear": dict(
+        moe_intermediate_size=32,
+        kv_lora_rank=16,
+        v_head_dim=16,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        num_experts=2,
+        num_experts_per_token=1,
+        linear_head_dim=16,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "falcon_h1": dict(
         mamba_n_heads=8,
         mamba_d_head=16,
@@ -85,7 +96,15 @@ FAMILY_CONFIGS = {
         ssm_state_size=8,
         chunk_size=8,
     ),
-    "granitemoehybrid": {},
+    "granitemoehybrid": dict(
+        shared_intermediate_size=32,
+        mamba_n_heads=8,
+        mamba_d_head=16,
+        mamba_d_state=8,
+        mamba_chunk_size=8,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+    ),
     "rwkv": dict(attention_hidden_size=64),
     # attention outside the registry: T from output_attentions, checked through v_proj or the
     # fused qkv projection's value part
@@ -109,6 +128,7 @@ FAMILY_CONFIGS = {
         num_experts_per_tok=1,
         block_size=4,
     ),
+    "xlstm": dict(num_heads=2, chunk_size=4),
     "zamba": dict(
         num_hidden_layers=4,
         layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
@@ -118,9 +138,6 @@ FAMILY_CONFIGS = {
         n_mamba_heads=2,
     ),
 }
-# xLSTM's mLSTM has no capture route yet
-XLSTM_TYPE = "xlstm"
-XLSTM_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_heads=2)
 # model_type -> the mixers its tiny model must show (each at least once)
 EXPECTED_MIXERS = {
     "gpt_oss": {"softmax_attention"},
@@ -134,6 +151,7 @@ EXPECTED_MIXERS = {
     "granitemoehybrid": {"mamba2"},
     "zamba": {"mamba", "softmax_attention"},
     "rwkv": {"wkv"},
+    "xlstm": {"mlstm"},
     "recurrent_gemma": {"rg_lru", "softmax_attention"},
     "minimax": {"lightning_attention", "softmax_attention"},
 }
@@ -246,10 +264,19 @@ def test_a_new_model_type_is_captured_with_no_code_change():
     assert max(op.meta["check_error"] for op in ops) < 1e-4
 
 
+class RunningMean(torch.nn.Module):
+    """A sequence mixer no route knows: the running mean of the inputs (y = T u with T the
+    lower-triangular 1 / (i + 1)), computed with cumsum."""
+
+    def forward(self, hidden_states, **kwargs):
+        count = torch.arange(1, hidden_states.shape[1] + 1)[None, :, None]
+        return hidden_states.cumsum(1) / count, None
+
+
 def test_a_layer_with_no_route_is_named():
-    config = AutoConfig.for_model(XLSTM_TYPE, **XLSTM_CONFIG)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with pytest.raises(hf.NoCaptureRoute, match=r"decoder layer\(s\) \[0, 1\].*xLSTMLayer"):
+    model = tiny_model("llama")
+    hf.decoder_layers(model)[1].self_attn = RunningMean()
+    with pytest.raises(hf.NoCaptureRoute, match=r"decoder layer\(s\) \[1\].*RunningMean"):
         hf.capture_operators(model, token_ids())
 
 

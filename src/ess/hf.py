@@ -26,6 +26,8 @@ arguments, call the original unchanged, and check T u against the output it retu
   A = a, B = C = 1).
 - module hooks where the mixer calls no function: minimax's lightning attention (qkv_proj and
   norm: A = exp(-slope), B = k, C = q per head).
+- xlstm's mLSTM backend, a module whose output is linear in the values: a forward hook runs
+  it again on V = I_L for T per head.
 - attention outside the registry (bloom, gpt_neo, falcon, mpt, ...): T from a second pass
   with output_attentions=True for the layers nothing else recorded, checked on the values of
   the layer's v_proj or fused qkv projection.
@@ -35,8 +37,8 @@ arguments, call the original unchanged, and check T u against the output it retu
 Each capture is checked on a few heads: the relative error of T u (plus the mixer's skip D u)
 against the function's own output is `meta["check_error"]`, and the share ||T u|| / ||y|| is
 `meta["check_share"]`. `capture_operators` raises SelfCheckError above `verify`, and
-NoCaptureRoute for a decoder layer no route caught (xlstm's mLSTM has none yet). Mixers with no single T (COMPOSITE_MIXERS) are
-refused by name.
+NoCaptureRoute for a decoder layer no route caught. Mixers with no single T (COMPOSITE_MIXERS)
+are refused by name.
 
 Limits: one text sequence per capture; the wrapped registry and module globals are process-wide,
 so do not run other models in other threads during a capture; quantised mamba checkpoints are
@@ -609,8 +611,46 @@ def _hook_lightning_attention(mixer: nn.Module, recorder: _Recorder) -> list:
     ]
 
 
+def _is_mlstm_backend(module: nn.Module) -> bool:
+    """xlstm's mLSTM backend: forward(query, key, value, igate, fgate, ...) per head."""
+    return hasattr(module, "chunkwise_kernel_fn") and hasattr(module, "sequence_kernel_fn")
+
+
+def _hook_mlstm(backend: nn.Module, recorder: _Recorder) -> list:
+    """A forward hook on the mLSTM backend: query, key (1, H, L, d_qk), value (1, H, L, d_v),
+    input and forget gate pre-activations (1, H, L). Its output h = C^T q / max(|n . q|,
+    exp(-m)) is linear in the values (the normaliser n and stabiliser m see only keys and
+    gates), so T (H, L, L) is the backend's own output on V = I_L; the state per value channel
+    is d_qk."""
+
+    def on_forward(module, args, kwargs, output):
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        a = bound.arguments
+        for name in ("c_initial", "n_initial", "m_initial"):
+            _refuse_initial_state(a.get(name), "the mLSTM backend")
+        value = a["value"]
+        _, n_heads, length, _ = value.shape
+        identity = torch.eye(length, dtype=value.dtype, device=value.device)
+        T = _first(module.forward(**{**a, "value": identity.expand(1, n_heads, length, length)}))
+        d_state = a["key"].shape[-1]
+        meta = {"mixer": "mlstm", "n_heads": n_heads, "d_state": d_state, "length": length}
+        h = _first(output)[0]  # (H, L, d_v)
+
+        def check(op: LayerOperator) -> tuple[float, float]:
+            units = _check_units(n_heads)
+            v = value[0, units].float().cpu()
+            return _relative(op.matrix(units) @ v, 0.0, h[units].float().cpu())
+
+        recorder.add("dense", {"T": T[0]}, meta, check)
+
+    return [backend.register_forward_hook(on_forward, with_kwargs=True)]
+
+
 # predicate on a module -> hook installer returning handles
-MODULE_ROUTES: dict[Callable, Callable] = {_is_lightning_attention: _hook_lightning_attention}
+MODULE_ROUTES: dict[Callable, Callable] = {
+    _is_lightning_attention: _hook_lightning_attention,
+    _is_mlstm_backend: _hook_mlstm,
+}
 
 
 def _hook_modules(model: nn.Module, recorder: _Recorder) -> list:
@@ -747,7 +787,7 @@ def _missed_layers_message(layers: nn.ModuleList, missed: list[int]) -> str:
     return (
         f"no capture route recorded a sequence mixer in decoder layer(s) {missed} (their parts: "
         f"{', '.join(children)}); routes: the attention registry, "
-        f"{', '.join([*SCAN_ROUTES, *METHOD_ROUTES])}, lightning attention hooks "
+        f"{', '.join([*SCAN_ROUTES, *METHOD_ROUTES, *_HOOKED.values()])}, output_attentions "
         f"(docs/families.md)"
     )
 
@@ -841,12 +881,13 @@ TESTED_FAMILIES = frozenset(
         "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
         "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
         "rwkv", "recurrent_gemma", "minimax", "gpt_neo", "bloom", "falcon", "mpt", "gptj", "xglm",
+        "xlstm",
     }
 )  # fmt: skip
 # Mixers in transformers with no route yet: a marker in the modeling source -> the mixer
-_UNROUTED = {"mlstm": "mLSTM"}
+_UNROUTED: dict[str, str] = {}
 # Mixers reached by MODULE_ROUTES hooks: a marker in the modeling source -> the route's name
-_HOOKED = {"lightningattention": "lightning attention hooks"}
+_HOOKED = {"lightningattention": "lightning attention hooks", "mlstm": "mLSTM backend hook"}
 
 
 def _modeling_source(model_type: str) -> str:
