@@ -31,7 +31,7 @@ arguments, call the original unchanged, and check T u against the output it retu
 - attention outside the registry (bloom, gpt_neo, falcon, mpt, ...): T from a second pass
   with output_attentions=True for the layers nothing else recorded, checked on the values of
   the layer's v_proj or fused qkv projection.
-- forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks` or `h`) say
+- forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks`, `h`, `layer`) say
   which layer a call belongs to (zamba2 reuses one attention block in several layers).
 
 Each capture is checked on a few heads: the relative error of T u (plus the mixer's skip D u)
@@ -67,7 +67,7 @@ from ess.models import LanguageModel
 COMPOSITE_MIXERS = {
     "diffllama": "differential attention subtracts two softmax attentions: no single T",
 }
-STACK_NAMES = ("layers", "blocks", "h")
+STACK_NAMES = ("layers", "blocks", "h", "layer")
 CHECK_HEADS = 4  # heads/channels each self-check applies T to
 VERIFY_TOLERANCE = 1e-3  # relative error of T u above which a float32 capture fails
 
@@ -146,17 +146,23 @@ def is_tokenwise(layer: nn.Module) -> bool:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder layers: the ModuleList named `layers`, `blocks` or `h` of
-    the text model with num_hidden_layers entries (outside any vision tower)."""
-    n_layers = model.config.get_text_config().num_hidden_layers
-    for name, module in model.named_modules():
-        is_stack = isinstance(module, nn.ModuleList) and name.split(".")[-1] in STACK_NAMES
-        if is_stack and len(module) == n_layers and "vision" not in name:
-            return module
-    raise ValueError(
-        f"found no ModuleList named {' or '.join(STACK_NAMES)} of length {n_layers} in "
-        f"{type(model).__name__}"
-    )
+    """The model's stack of decoder layers: a ModuleList named in STACK_NAMES outside any vision
+    tower, the one with num_hidden_layers entries if there is one (the text model of a
+    multimodal model), else the longest (a decoder whose config counts the encoder's layers:
+    bart, bert as a causal LM)."""
+    n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    stacks = [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and name.split(".")[-1] in STACK_NAMES
+        and "vision" not in name
+    ]
+    if not stacks:
+        raise ValueError(
+            f"found no ModuleList named {' or '.join(STACK_NAMES)} in {type(model).__name__}"
+        )
+    return next((stack for stack in stacks if len(stack) == n_layers), max(stacks, key=len))
 
 
 def _hook_layer_index(layers: nn.ModuleList, recorder: _Recorder) -> list:
