@@ -8,6 +8,7 @@ the check here is on what the capture stored: `check_error` from the function's 
 for attention, T against `output_attentions`).
 """
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -285,3 +286,30 @@ def test_a_composite_mixer_is_refused_by_name():
     model = AutoModelForCausalLM.from_config(config).eval()
     with pytest.raises(hf.CompositeMixer, match="diffllama.*two softmax"):
         hf.capture_operators(model, token_ids())
+
+
+@pytest.mark.parametrize(
+    "family", ["lfm2", "qwen3_next", "llama4_text", "rwkv", "recurrent_gemma", "minimax", "xlstm"]
+)
+def test_every_route_enters_e6_through_its_operator_files(family, tmp_path):
+    """E6 saves each capture (ess.layers.save_operators), loads it per layer and measures it
+    with ess.sequence_ess: each new kind of operator survives the round trip and its ESS is
+    the naive definition's on T."""
+    from ess import effective_state_size_naive
+    from ess.layers import load_operators, save_operators
+    from ess.sequence_ess import sequence_ess
+
+    ops = hf.capture_operators(tiny_model(family), token_ids())
+    save_operators(ops, tmp_path / "operators.safetensors")
+    loaded = load_operators(tmp_path / "operators.safetensors")
+    positions = np.arange(1, LENGTH)
+    table = sequence_ess(
+        loaded, [0, 1], positions, {"model": family}, 1, 1e-3, (1e-3,), True, "cpu"
+    )
+    for mixer_op, op in zip(ops, loaded, strict=True):
+        torch.testing.assert_close(mixer_op.matrix(slice(0, 2)), op.matrix(slice(0, 2)))
+        rows = table[(table["layer"] == op.layer) & (table["kind"] == op.kind)]
+        first = rows[rows["head"] == 0].sort_values("position")
+        naive = effective_state_size_naive(op.matrix(slice(0, 1)).double(), tol=1e-3)
+        assert first["ess_tolerance"].tolist() == naive.tolerance[0].tolist()
+        assert (rows["ess_tolerance"] <= rows["tss"]).all()
