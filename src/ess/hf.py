@@ -234,22 +234,26 @@ def _attention_factors(
     """Factors of one attention call from the arguments of the attention implementation.
 
     query: (1, H, L, d), key: (1, H_kv, L, d) post-RoPE. Returns tensors q (H, L, d), k
-    (H_kv, L, d), `sinks` (H,) if the model has attention sinks, `mask` (L, L) if the mask
+    (H_kv, L, d), `sinks` (H,) or (H, L) if the model has attention sinks, `bias` (H or 1, L, L)
+    if it adds a position bias to the logits, `mask` (L, L) if the mask
     passed is not the causal (sliding) one meta describes; meta with the scale, window
     (None: global), softcap (None: none) and head counts. Query head h reads key head
     h // (H / H_kv) (transformers' repeat_kv).
     """
     if query.shape[0] != 1:
         raise ValueError(f"capture one sequence at a time, got a batch of {query.shape[0]}")
-    if not getattr(module, "is_causal", True):
+    if not getattr(module, "is_causal", True) and attention_mask is None:
         raise ValueError(f"{type(module).__name__} is not causal: its T is not lower-triangular")
     length = query.shape[2]
     scale = kwargs.get("scaling")
     window = kwargs.get("sliding_window")
     softcap = kwargs.get("softcap")
     tensors = {"q": query[0], "k": key[0]}
-    if kwargs.get("s_aux") is not None:
-        tensors["sinks"] = kwargs["s_aux"]
+    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
+    if sinks is not None:  # (H,), or (1, H, L, 1) one per query (inkling2)
+        tensors["sinks"] = sinks if sinks.dim() == 1 else sinks[0, ..., 0]
+    if kwargs.get("position_bias") is not None:  # (1, H or 1, L, L), added to the logits
+        tensors["bias"] = kwargs["position_bias"][0]
     visible = _visible_keys(attention_mask, length)
     if visible is not None:
         i = torch.arange(length, device=visible.device)
@@ -887,7 +891,7 @@ TESTED_FAMILIES = frozenset(
         "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
         "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
         "rwkv", "recurrent_gemma", "minimax", "gpt_neo", "bloom", "falcon", "mpt", "gptj", "xglm",
-        "xlstm",
+        "xlstm", "inkling2_text", "lfm2_moe", "deepseek_v3", "bart",
     }
 )  # fmt: skip
 # Mixers in transformers with no route yet: a marker in the modeling source -> the mixer

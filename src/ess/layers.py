@@ -5,8 +5,9 @@ and what `ess.hf.capture_operators` returns for one sequence of a transformers m
 LanguageModel). It keeps T in the form it was produced in, never converted until asked:
 
 - attention, T (..., H, L, L): the attention matrix itself (ess.models SA, SWA);
-- attention, q (H, L, d), k (H_kv, L, d) [, sinks (H,)] with meta scale, window, softcap,
-  n_heads, n_kv_heads: post-RoPE queries and keys (transformers attention);
+- attention, q (H, L, d), k (H_kv, L, d) [, sinks (H,) or (H, L)] [, bias (H or 1, L, L)]
+  with meta scale, window, softcap, n_heads, n_kv_heads: post-RoPE queries and keys
+  (transformers attention);
 - ssm, A, B, C (..., H, L, N) [, D (H,)]: the realisation itself (ess.models LA, WLA, GLA,
   GLA-S6, S6; for S6 the channels are the "heads");
 - ssm, meta mixer "mamba": dt (L, D), a (D, N), B, C (L, N), D (D,) [, u (L, D)] (mamba,
@@ -82,6 +83,9 @@ class LayerOperator:
         head_ids = torch.arange(m["n_heads"])[index]
         k = t["k"][head_ids // (m["n_heads"] // m["n_kv_heads"])]  # the key head each reads
         sinks = t["sinks"][index] if "sinks" in t else None
+        bias = t.get("bias")
+        if bias is not None and bias.shape[0] > 1:  # one bias per head, else shared
+            bias = bias[index]
         return attention_operator(
             t["q"][index],
             k,
@@ -90,6 +94,7 @@ class LayerOperator:
             softcap=m["softcap"],
             sinks=sinks,
             mask=t.get("mask"),
+            bias=bias,
         )
 
     def realisation(self, channels: Channels = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,13 +143,16 @@ def attention_operator(
     softcap: float | None = None,
     sinks: Tensor | None = None,
     mask: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """T = softmax_j(q_i . k_j * scale + mask) per head, the causal attention matrix.
 
     q: (..., H, L, d); k: (..., H_kv, L, d) with H a multiple of H_kv (query head h reads key
     head h // (H / H_kv)); window w keeps j with i - j < w (transformers' sliding window);
-    softcap c maps logits s -> c tanh(s / c) before the mask; sinks (H,) add one extra logit per
-    row that takes probability mass but no column (gpt-oss style); mask (L, L) bool, the keys
+    softcap c maps logits s -> c tanh(s / c) before the mask; bias (H or 1, L, L) is added to
+    the logits after it (a relative-position bias, inkling's position_bias); sinks (H,), or
+    (H, L) one per query, add one extra logit per row that takes probability mass but no
+    column (gpt-oss, inkling2); mask (L, L) bool, the keys
     each query sees, replaces the window where the model's mask has another shape (llama4's
     chunks). Returns T: (..., H, L, L), zero above the diagonal, in q's dtype.
     """
@@ -152,6 +160,8 @@ def attention_operator(
     logits = (q @ k.transpose(-1, -2)) * scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias
     if mask is not None:
         logits = logits.masked_fill(~mask, -torch.inf)
     return attention_matrix(logits, window, sinks)
