@@ -679,8 +679,8 @@ _OUTPUT_PROJECTIONS = ("out_proj", "o_proj", "c_proj", "dense")
 
 
 # fused qkv projection name -> how its output (1, L, 3 H d) holds v: "per_head" (H, 3, d) as
-# bloom and falcon split it, "blocked" (3, H, d) as mpt's Wqkv
-_FUSED_QKV = {"query_key_value": "per_head", "Wqkv": "blocked"}
+# bloom and falcon split it, "blocked" (3, H, d) as mpt's Wqkv and openai-gpt's c_attn
+_FUSED_QKV = {"query_key_value": "per_head", "Wqkv": "blocked", "c_attn": "blocked"}
 
 
 def _value_stream(projection: str, output: Tensor, n_heads: int) -> Tensor:
