@@ -10,6 +10,7 @@ with its provenance in the file metadata; `plot_trace` draws it, from the table 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import platform
 from collections.abc import Callable, Sequence
@@ -272,7 +273,8 @@ def plot_trace(table: pd.DataFrame, metadata: dict, path: Path) -> None:
     tau = metadata["settings"]["taus"][0]
     ess = tau_column(tau)
     layers = sorted(table["layer"].unique())
-    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+    layer_scale = plt.Normalize(min(layers), max(max(layers), min(layers) + 1))
+    colours = plt.get_cmap("viridis")(layer_scale(layers))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(2, 1))
     for colour, layer in zip(colours, layers, strict=True):
         rows = table[table["layer"] == layer].groupby("position")
@@ -286,21 +288,21 @@ def plot_trace(table: pd.DataFrame, metadata: dict, path: Path) -> None:
             lw=0,
         )
         bottom.plot(rows["utilisation"].mean().index, rows["utilisation"].mean(), color=colour)
-    for mixer_type, rows in table.groupby("mixer_type"):
+    styles = itertools.cycle(("--", ":", "-.", (0, (5, 1, 1, 1))))
+    for style, (mixer_type, rows) in zip(styles, table.groupby("mixer_type"), strict=False):
         tss = rows.groupby("position")["tss"].mean()
-        top.plot(tss.index, tss, "k--", lw=1, label=f"TSS ({mixer_type})")
+        top.plot(tss.index, tss, color="k", ls=style, lw=1, label=f"TSS ({mixer_type})")
     top.set_yscale("symlog", linthresh=1)
     top.set_ylabel(f"ESS (tau = {tau:g}), mean over heads")
     top.legend(loc="upper left", fontsize=8)
     bottom.set_ylabel("utilisation ESS / TSS")
     bottom.set_xlabel("split position (tokens read)")
     colourbar = figure.colorbar(
-        plt.cm.ScalarMappable(
-            cmap="viridis", norm=plt.Normalize(min(layers), max(max(layers), min(layers) + 1))
-        ),
+        plt.cm.ScalarMappable(cmap="viridis", norm=layer_scale),
         ax=(top, bottom),
     )
     colourbar.set_label("layer")
+    colourbar.ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     model = metadata["model"]
     top.set_title(f"{model['name']} ({model['model_type']}), {metadata['text']['n_tokens']} tokens")
     with atomic_output(Path(path)) as temporary:
