@@ -157,6 +157,36 @@ def test_layer_with_no_route_exits_2(mamba2_dir, text_file, tmp_path, capsys, mo
     assert "decoder layer(s) [0, 1]" in capsys.readouterr().err and not out.exists()
 
 
+def test_zamba_layers_with_two_mixers_of_one_kind(text_file, tmp_path):
+    """zamba runs one mamba scan per head group: each is a mixer of its layer in the table."""
+    model = save_tiny_model(
+        tmp_path / "zamba",
+        "zamba",
+        hidden_size=32,
+        num_hidden_layers=4,  # two hybrid layers: zamba ties their shared transformer
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        mamba_d_state=8,
+        n_mamba_heads=2,
+        pad_token_id=0,
+    )
+    out = tmp_path / "trace.parquet"
+    assert trace(model, text_file, out, "--stride", "8") == 0
+    table, metadata = read_trace(out)
+    mixers = [(m["layer"], m["mixer"], m["mixer_type"]) for m in metadata["mixers"]]
+    assert mixers[:2] == [(0, 0, "mamba"), (0, 1, "mamba")]
+    assert set(table[table["layer"] == 0]["mixer"]) == {0, 1}
+
+
+def test_cli_defaults_are_the_librarys():
+    from ess import cli, trace
+
+    assert (cli.DEFAULT_UNITS, cli.DEFAULT_SPLITS) == (trace.DEFAULT_UNITS, trace.DEFAULT_SPLITS)
+
+
 def test_parse_indices_forms():
     assert parse_indices("::4", 10, "--heads") == [0, 4, 8]
     assert parse_indices("2-4,7", 10, "--heads") == [2, 3, 4, 7]

@@ -151,10 +151,10 @@ def trace_table(
     token are the last token read, at index position - 1. units(op): the heads/channels."""
     from tqdm.auto import tqdm
 
-    frames = []
+    frames, seen = [], {}
     chosen = [op for op in ops if op.layer in set(layers)]
     for op in tqdm(chosen, desc="ess trace", unit="mixer", disable=not progress):
-        mixer = sum(1 for other in chosen[: chosen.index(op)] if other.layer == op.layer)
+        mixer = seen[op.layer] = seen.get(op.layer, -1) + 1  # its index within the layer
         frames.append(mixer_trace(op, mixer, units(op), positions, taus, relative, device))
     table = pd.concat(frames, ignore_index=True)
     before = table["position"].to_numpy() - 1
@@ -218,8 +218,7 @@ def mixer_checks(ops: Sequence[LayerOperator]) -> list[dict]:
     """Each captured mixer's self-check: layer, mixer index, type, check_error, check_share."""
     checks, seen = [], {}
     for op in ops:
-        mixer = seen.get(op.layer, 0)
-        seen[op.layer] = mixer + 1
+        mixer = seen[op.layer] = seen.get(op.layer, -1) + 1
         checks.append(
             {
                 "layer": op.layer,
