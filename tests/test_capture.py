@@ -356,3 +356,17 @@ def test_every_route_enters_e6_through_its_operator_files(family, tmp_path):
         naive = effective_state_size_naive(op.matrix(slice(0, 1)).double(), tol=1e-3)
         assert first["ess_tolerance"].tolist() == naive.tolerance[0].tolist()
         assert (rows["ess_tolerance"] <= rows["tss"]).all()
+
+
+def test_only_position_wise_layers_may_go_uncaptured():
+    """A layer of MLP and norm parts needs no mixer; one holding any other part (here a linear
+    attention built of Linear layers) does, so a missed mixer cannot pass as an MLP."""
+
+    class ToyLinearAttention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(4, 4)
+
+    mlp_layer = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 4), torch.nn.SiLU())
+    mixer_layer = torch.nn.Sequential(torch.nn.LayerNorm(4), ToyLinearAttention())
+    assert hf.is_tokenwise(mlp_layer) and not hf.is_tokenwise(mixer_layer)

@@ -11,9 +11,10 @@ arguments, call the original unchanged, and check T u against the output it retu
 
 - softmax attention: every implementation registered in `ALL_ATTENTION_FUNCTIONS` (eager
   included), the documented extension point every model that uses it dispatches through. Kept:
-  post-RoPE q (H, L, d) and k (H_kv, L, d), scale, sliding window, softcap, sinks, and the mask
-  actually passed (L, L) when it is not the plain causal / sliding one (llama4's chunks). A mask
-  that lets a query see a later key, or adds a bias (ALiBi), is refused.
+  post-RoPE q (H, L, d) and k (H_kv, L, d), scale, sliding window, softcap, sinks (per head,
+  or per head and query), a position bias passed as such (inkling), and the mask actually
+  passed (L, L) when it is not the plain causal / sliding one (llama4's chunks). A mask that
+  lets a query see a later key, or hides a bias in the mask (ALiBi), is refused.
 - named scan functions, module-level globals of each modeling file, so wrapped where the model
   looks them up: `mamba_selective_scan` (mamba, falcon_mamba, jamba, zamba: per-channel
   (dt, a, B, C)), `mamba2_chunk_scan` (mamba2, bamba, zamba2, nemotron_h, granitemoehybrid,
@@ -31,8 +32,9 @@ arguments, call the original unchanged, and check T u against the output it retu
 - attention outside the registry (bloom, gpt_neo, falcon, mpt, ...): T from a second pass
   with output_attentions=True for the layers nothing else recorded, checked on the values of
   the layer's v_proj or fused qkv projection.
-- forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks`, `h`, `layer`) say
-  which layer a call belongs to (zamba2 reuses one attention block in several layers).
+- forward pre-hooks on the decoder layers (a ModuleList named `layers`, `blocks`, `h` or
+  `layer`) say which layer a call belongs to (zamba2 reuses one attention block in several
+  layers).
 
 Each capture is checked on a few heads: the relative error of T u (plus the mixer's skip D u)
 against the function's own output is `meta["check_error"]`, and the share ||T u|| / ||y|| is
@@ -130,10 +132,12 @@ def _stored(tensor: Tensor) -> Tensor:
     return tensor if tensor.dtype == torch.bool else tensor.float()
 
 
-# Parts that act on each position alone: a layer made only of these mixes no sequence (the MLP
-# and MoE layers of nemotron_h), so no route is expected to record it.
+# Parts that act on each position alone, by how their class names end: a layer made only of
+# these mixes no sequence (the MLP and MoE layers of nemotron_h), so no route is expected to
+# record it. Anchored at the end so that a "LinearAttention" or "GatedDeltaNet" is not one.
 _TOKENWISE = re.compile(
-    r"MLP|Mlp|MoE|Moe|Expert|Router|Gate|Norm|Linear|Dropout|Identity|Activation|SiLU|GELU|ReLU"
+    r"(MLP|Mlp|MoE|Moe|Experts?|Router|Gate|Norm|Linear|Dropout|Identity|Activation|SiLU|GELU|"
+    r"ReLU)$"
 )
 
 
