@@ -117,6 +117,8 @@ FAMILY_CONFIGS = {
     "mpt": dict(n_layers=2, n_heads=4, d_model=64),
     "gptj": dict(n_layer=2, n_head=4, n_embd=64, rotary_dim=8),
     "xglm": dict(num_layers=2, attention_heads=4, d_model=64, ffn_dim=64),
+    # BERT-style decoder: `value` in attention.self, its output projection attention.output.dense
+    "roformer": dict(is_decoder=True, head_dim=None, num_key_value_heads=None),
     "recurrent_gemma": dict(
         lru_width=64,
         block_types=["recurrent", "attention"],
@@ -268,6 +270,13 @@ def test_local_attention_outside_the_registry_keeps_its_window():
     with torch.no_grad():
         weights = model(ids, output_attentions=True, use_cache=False).attentions
     torch.testing.assert_close(ops[1].matrix(), weights[1][0], rtol=0, atol=0)
+
+
+def test_bidirectional_attention_outside_the_registry_is_refused():
+    """roformer without is_decoder attends both ways: output_attentions shows it, and no
+    causal T can stand for it."""
+    with pytest.raises(ValueError, match="decoder layer 0 attends to later tokens"):
+        hf.capture_operators(tiny_model("roformer", is_decoder=False), token_ids())
 
 
 def test_a_wrong_operator_fails_its_self_check(monkeypatch):

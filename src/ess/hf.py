@@ -690,7 +690,7 @@ _FUSED_QKV = {"query_key_value": "per_head", "Wqkv": "blocked", "c_attn": "block
 def _value_stream(projection: str, output: Tensor, n_heads: int) -> Tensor:
     """The values (H, L, d) in the output (1, L, *) of a value or fused qkv projection."""
     length = output.shape[1]
-    if projection == "v_proj":
+    if projection in ("v_proj", "value"):
         return output[0].reshape(length, n_heads, -1).transpose(0, 1)
     if _FUSED_QKV[projection] == "per_head":
         return output[0].reshape(length, n_heads, 3, -1)[:, :, 2].transpose(0, 1)
@@ -699,12 +699,29 @@ def _value_stream(projection: str, output: Tensor, n_heads: int) -> Tensor:
 
 def _value_and_output_projections(layer: nn.Module) -> tuple[str, nn.Module, nn.Module] | None:
     """(name, value or fused qkv projection, output projection) of the attention inside
-    `layer`, or None if it has neither a v_proj nor a fused projection of a known layout."""
+    `layer`: a v_proj or fused projection beside its output projection, or BERT's `value`
+    with the first `dense` after it that reads its width (attention.output.dense). None if
+    there is none of these."""
     for module in layer.modules():
         out = next((getattr(module, n) for n in _OUTPUT_PROJECTIONS if hasattr(module, n)), None)
         for name in ("v_proj", *_FUSED_QKV):
             if isinstance(getattr(module, name, None), nn.Module) and out is not None:
                 return name, getattr(module, name), out
+    names = [name for name, _ in layer.named_modules()]
+    parts = dict(layer.named_modules())
+    for name in names:
+        value = getattr(parts[name], "value", None)
+        if isinstance(value, nn.Linear):
+            later = names[names.index(name) + 1 :]
+            dense = (
+                parts[n]
+                for n in later
+                if n.endswith("dense")
+                and isinstance(parts[n], nn.Linear)
+                and parts[n].in_features == value.out_features
+            )
+            out = next(dense, None)
+            return None if out is None else ("value", value, out)
     return None
 
 
@@ -773,7 +790,10 @@ def _capture_attention_weights(
             continue
         weights = attentions[i][0].float()  # (H, L, L)
         length = weights.shape[-1]
-        window, mask = _window_or_mask((weights > 0).any(0))
+        visible = (weights > 0).any(0)
+        if visible.triu(1).any():
+            raise ValueError(f"decoder layer {i} attends to later tokens: its T is not causal")
+        window, mask = _window_or_mask(visible)
         tensors = {"T": weights} if mask is None else {"T": weights, "mask": mask}
         meta = {
             "mixer": "softmax_attention",
@@ -895,7 +915,7 @@ TESTED_FAMILIES = frozenset(
         "llama", "llama4_text", "mamba", "mamba2", "mistral", "nemotron_h", "olmo2",
         "olmo_hybrid", "phi", "qwen2", "qwen3", "qwen3_next", "smollm3", "zamba", "zamba2",
         "rwkv", "recurrent_gemma", "minimax", "gpt_neo", "bloom", "falcon", "mpt", "gptj", "xglm",
-        "xlstm", "inkling2_text", "lfm2_moe", "deepseek_v3", "bart",
+        "xlstm", "inkling2_text", "lfm2_moe", "deepseek_v3", "bart", "roformer",
     }
 )  # fmt: skip
 # Mixers in transformers with no route yet: a marker in the modeling source -> the mixer
