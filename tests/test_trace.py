@@ -136,6 +136,8 @@ def test_trace_choices_and_saved_operators(mamba2_dir, text_file, tmp_path):
         (("--layers", "7"), "bad --layers '7': [7]"),
         (("--heads", "x"), "bad --heads 'x'"),
         (("--out", "t.csv"), "bad --out"),
+        (("--positions", "0,5"), "bad --positions '0,5': splits lie in 1 .."),
+        (("--positions", "5,999"), "bad --positions '5,999': [999]"),
     ],
 )
 def test_bad_input_is_named_and_nothing_is_written(

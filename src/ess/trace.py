@@ -73,7 +73,10 @@ def split_positions(length: int, positions: str | None, stride: int | None) -> n
     if length < 2:
         raise ValueError(f"the text gives {length} token(s); ESS needs at least 2")
     if positions is not None:
-        return np.asarray(parse_indices(positions, length, "positions")[:], dtype=np.int64)
+        chosen = parse_indices(positions, length, "--positions")
+        if chosen[0] == 0:
+            raise ValueError(f"bad --positions {positions!r}: splits lie in 1 .. {length - 1}")
+        return np.asarray(chosen, dtype=np.int64)
     if stride is not None and stride < 1:
         raise ValueError(f"bad stride {stride}: it must be a positive integer")
     stride = stride or max(1, (length - 1) // DEFAULT_SPLITS)
