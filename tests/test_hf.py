@@ -67,13 +67,29 @@ EXPECTED_WINDOWS = {
     "phi": [None, None],
 }
 
-_MAMBA = dict(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2)
+# initializer_range 0.3 (default 0.02): the scan's T u is then a large part of the mixer's output,
+# so each check can fail (assert_ssm_matches asserts ||T u|| >= 0.1 ||y||)
+_MAMBA = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    state_size=8,
+    num_hidden_layers=2,
+    expand=2,
+    initializer_range=0.3,
+)
 SSM_CONFIGS = {
     "mamba": lambda: MambaConfig(**_MAMBA, conv_kernel=4, time_step_rank=4),
     "falcon_mamba": lambda: FalconMambaConfig(**_MAMBA, conv_kernel=4, time_step_rank=4),
     # chunk_size 8 < LENGTH exercises the padded chunked scan; the dt limit clamps some dt
     "mamba2": lambda: Mamba2Config(
-        **_MAMBA, num_heads=8, head_dim=8, n_groups=2, chunk_size=8, time_step_limit=(0.0, 0.02)
+        **_MAMBA,
+        num_heads=8,
+        head_dim=8,
+        n_groups=2,
+        chunk_size=8,
+        time_step_limit=(0.0, 0.3),
+        time_step_min=0.1,
+        time_step_max=0.5,
     ),
 }
 
@@ -93,8 +109,11 @@ HYBRID_CONFIGS = {
         mamba_d_state=8,
         mamba_dt_rank=4,
     ),
+    # initializer_range 0.3: with the default 0.02 the scan's T u is ~1e-5 of the layer's output
+    # and a zeroed T would pass; assert_ssm_matches now asserts it is >= 0.1 of it
     "bamba": lambda: BambaConfig(
         **_HYBRID,
+        initializer_range=0.3,
         intermediate_size=64,
         num_hidden_layers=3,
         num_key_value_heads=2,
@@ -107,6 +126,9 @@ HYBRID_CONFIGS = {
     ),
     "zamba2": lambda: Zamba2Config(
         **_HYBRID,
+        initializer_range=0.3,
+        time_step_min=0.1,
+        time_step_max=0.5,
         num_hidden_layers=4,
         num_key_value_heads=4,
         mamba_d_state=8,
@@ -191,12 +213,16 @@ def assert_ssm_matches(op: LayerOperator, ref: dict[str, torch.Tensor]) -> None:
     A, B, C = op.realisation()  # (channels or heads, L, N)
     u, skip = op.tensors["u"], op.tensors["D"]
     if op.meta["mixer"] == "mamba":
-        y = scan(A, B, C, u.T[..., None])[..., 0].T + skip * u  # (L, D)
-        torch.testing.assert_close(y * F.silu(ref["gate"]), ref["out_in"], atol=1e-5, rtol=1e-4)
+        Tu = scan(A, B, C, u.T[..., None])[..., 0].T  # (L, D)
+        gate = F.silu(ref["gate"])
+        torch.testing.assert_close((Tu + skip * u) * gate, ref["out_in"], atol=1e-5, rtol=1e-4)
+        assert (Tu * gate).norm() >= 0.1 * ref["out_in"].norm()  # a zeroed T would fail
         return
     per_head = u.transpose(0, 1)  # (H, L, P): all P channels of a head share (A, B, C)
-    y = scan(A, B, C, per_head).transpose(0, 1) + skip[:, None] * u  # (L, H, P)
-    torch.testing.assert_close(y.reshape(LENGTH, -1), ref["y"], atol=1e-5, rtol=1e-4)
+    Tu = scan(A, B, C, per_head).transpose(0, 1).reshape(LENGTH, -1)  # (L, H P)
+    y = Tu + (skip[:, None] * u).reshape(LENGTH, -1)
+    torch.testing.assert_close(y, ref["y"], atol=1e-5, rtol=1e-4)
+    assert Tu.norm() >= 0.1 * ref["y"].norm()  # a zeroed T would fail
 
 
 @pytest.mark.parametrize("family", sorted(ATTENTION_CONFIGS))
@@ -251,7 +277,11 @@ def test_sdpa_model_gives_the_same_factors_as_eager():
     sdpa = hf.capture_operators(sdpa_model, ids)
     for a, b in zip(eager, sdpa, strict=True):
         torch.testing.assert_close(a.tensors, b.tensors)
-        assert a.meta == b.meta
+        checks = ("check_error", "check_share")  # eager reproduces itself exactly, sdpa to 1e-7
+        assert {k: v for k, v in a.meta.items() if k not in checks} == {
+            k: v for k, v in b.meta.items() if k not in checks
+        }
+        assert b.meta["check_error"] < 1e-5
 
 
 def test_gqa_keys_are_stored_per_kv_head():
@@ -333,13 +363,13 @@ def test_hybrid_layer_kinds_and_operators(family):
             assert_ssm_matches(op, refs[op.layer])
 
 
-def test_unsupported_architecture_raises_listing_supported_ones():
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2)
-    with pytest.raises(ValueError, match="gpt2") as error:
-        hf.capture_operators(tiny_model(config), token_ids())
-    for model_type in ("llama", "gemma3", "mamba", "mamba2", "jamba"):
-        assert model_type in str(error.value)
-    assert set(hf.supported_architectures()) >= {"llama", "mistral", "gemma3", "gpt_neox", "phi"}
+def test_gpt2_stack_named_h_is_found_with_no_allow_list():
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2)
+    model, ids = tiny_model(config), token_ids()
+    ops = hf.capture_operators(model, ids)
+    assert [(op.layer, op.kind) for op in ops] == [(0, "attention"), (1, "attention")]
+    for op, weights in zip(ops, eager_attention_weights(model, ids), strict=True):
+        torch.testing.assert_close(op.matrix(), weights, atol=1e-6, rtol=1e-5)
 
 
 def test_capture_leaves_the_model_and_transformers_as_found():

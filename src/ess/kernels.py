@@ -144,7 +144,8 @@ def attention_matrix(
 
     scores: (..., L, L) logits, already scaled (and soft-capped): that is the caller's
     featurisation. sinks: (H,) for scores (..., H, L, L), one extra logit per head that takes
-    probability mass but no column (attention sinks, gpt-oss style); rows then sum to < 1.
+    probability mass but no column (attention sinks, gpt-oss style), or (H, L), one per head and
+    query (inkling2's input-dependent sinks); rows then sum to < 1.
     Returns T: (..., L, L) in the scores' dtype.
     """
     i = torch.arange(scores.shape[-1], device=scores.device)
@@ -154,5 +155,6 @@ def attention_matrix(
     scores = scores.masked_fill(~visible, -math.inf)
     if sinks is None:
         return torch.softmax(scores, dim=-1)
-    sink = sinks.to(scores.dtype)[:, None, None].expand(*scores.shape[:-1], 1)
+    per_row = sinks.to(scores.dtype)[..., None]  # (H, 1) or, one per query, (H, L, 1)
+    sink = (per_row if sinks.dim() > 1 else per_row[:, None]).expand(*scores.shape[:-1], 1)
     return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]

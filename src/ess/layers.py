@@ -5,14 +5,23 @@ and what `ess.hf.capture_operators` returns for one sequence of a transformers m
 LanguageModel). It keeps T in the form it was produced in, never converted until asked:
 
 - attention, T (..., H, L, L): the attention matrix itself (ess.models SA, SWA);
-- attention, q (H, L, d), k (H_kv, L, d) [, sinks (H,)] with meta scale, window, softcap,
-  n_heads, n_kv_heads: post-RoPE queries and keys (transformers attention);
+- attention, q (H, L, d), k (H_kv, L, d) [, sinks (H,) or (H, L)] [, bias (H or 1, L, L)]
+  with meta scale, window, softcap, n_heads, n_kv_heads: post-RoPE queries and keys
+  (transformers attention);
 - ssm, A, B, C (..., H, L, N) [, D (H,)]: the realisation itself (ess.models LA, WLA, GLA,
   GLA-S6, S6; for S6 the channels are the "heads");
 - ssm, meta mixer "mamba": dt (L, D), a (D, N), B, C (L, N), D (D,) [, u (L, D)] (mamba,
   falcon_mamba, jamba);
 - ssm, meta mixer "mamba2": dt (L, H), a (H,), B, C (L, G, N), D (H,) [, u (L, H, P)] (mamba2,
-  bamba, zamba2).
+  bamba, zamba2, nemotron_h, granitemoehybrid, falcon_h1);
+- attention, optional mask (L, L) bool: the keys each query sees when the model's mask is not
+  the plain causal (or sliding-window) one, e.g. llama4's chunked attention;
+- dense, T (H, L, L) with meta d_state: a recurrence whose state is not diagonal (gated delta
+  rule, KDA), kept as T itself; dense, meta mixer "short_conv": weight (D, K), the causal
+  depthwise convolution whose T is banded Toeplitz (lfm2); dense, meta mixer "wkv": key (L, C),
+  decay (C,), bonus (C,), RWKV-4's normalised WKV (rwkv);
+- ssm, A, B, C (H, L, N): also RG-LRU (recurrent_gemma, N = 1 per channel) and lightning
+  attention (minimax, a per-head scalar decay with B = k, C = q).
 
 `matrix()` gives T per head/channel (attention: the dense ESS path), `realisation()` the
 diagonal realisation (A, B, C) of docs/method.md §1.1 (ssm: the realisation path), `tss` the
@@ -52,7 +61,7 @@ class LayerOperator:
     """
 
     layer: int
-    kind: Literal["attention", "ssm"]
+    kind: Literal["attention", "ssm", "dense"]
     tensors: dict[str, Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -65,10 +74,18 @@ class LayerOperator:
         index = slice(None) if channels is None else channels
         if "T" in self.tensors:
             return self.tensors["T"][..., index, :, :]
+        if self.meta.get("mixer") == "short_conv":
+            return convolution_operator(self.tensors["weight"][index], self.meta["length"])
+        if self.meta.get("mixer") == "wkv":
+            t = self.tensors
+            return wkv_operator(t["key"][:, index].T, t["decay"][index], t["bonus"][index])
         t, m = self.tensors, self.meta
         head_ids = torch.arange(m["n_heads"])[index]
         k = t["k"][head_ids // (m["n_heads"] // m["n_kv_heads"])]  # the key head each reads
         sinks = t["sinks"][index] if "sinks" in t else None
+        bias = t.get("bias")
+        if bias is not None and bias.shape[0] > 1:  # one bias per head, else shared
+            bias = bias[index]
         return attention_operator(
             t["q"][index],
             k,
@@ -76,6 +93,8 @@ class LayerOperator:
             window=m["window"],
             softcap=m["softcap"],
             sinks=sinks,
+            mask=t.get("mask"),
+            bias=bias,
         )
 
     def realisation(self, channels: Channels = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,8 +121,10 @@ class LayerOperator:
         """Theoretical state size per head/channel (docs/method.md §1.4): an int, d_state, for
         a state of fixed size; for attention the KV cache at each split i = 1 .. L-1, i or
         min(i, window): a (L-1,) int64 tensor (entry i-1 is split i)."""
-        if self.kind == "ssm":
+        if self.kind != "attention":
             return int(self.meta["d_state"])
+        if "mask" in self.tensors:
+            return cached_keys(self.tensors["mask"])
         splits = torch.arange(1, self.meta["length"])
         window = self.meta["window"]
         return splits if window is None else splits.clamp(max=window)
@@ -121,20 +142,69 @@ def attention_operator(
     window: int | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """T = softmax_j(q_i . k_j * scale + mask) per head, the causal attention matrix.
 
     q: (..., H, L, d); k: (..., H_kv, L, d) with H a multiple of H_kv (query head h reads key
     head h // (H / H_kv)); window w keeps j with i - j < w (transformers' sliding window);
-    softcap c maps logits s -> c tanh(s / c) before the mask; sinks (H,) add one extra logit per
-    row that takes probability mass but no column (gpt-oss style). Returns T: (..., H, L, L),
-    zero above the diagonal, in q's dtype.
+    softcap c maps logits s -> c tanh(s / c) before the mask; bias (H or 1, L, L) is added to
+    the logits after it (a relative-position bias, inkling's position_bias); sinks (H,), or
+    (H, L) one per query, add one extra logit per row that takes probability mass but no
+    column (gpt-oss, inkling2); mask (L, L) bool, the keys
+    each query sees, replaces the window where the model's mask has another shape (llama4's
+    chunks). Returns T: (..., H, L, L), zero above the diagonal, in q's dtype.
     """
     k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     logits = (q @ k.transpose(-1, -2)) * scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -torch.inf)
     return attention_matrix(logits, window, sinks)
+
+
+def cached_keys(mask: Tensor) -> Tensor:
+    """Attention's TSS under a structured mask (L, L) bool: at split i = 1 .. L-1, the number
+    of keys j < i that some query at or after i still reads (the KV cache a state must keep).
+    Returns (L-1,) int64: i under a causal mask, i mod c under chunks of c (llama4). (A
+    sliding window w gives min(i, w - 1); meta["window"] states windows instead, counted
+    min(i, w) by docs/method.md §1.4.)"""
+    length = mask.shape[-1]
+    # read_later[i, j]: a query at or after i sees key j (suffix-or over the rows)
+    read_later = mask.flip(0).cumsum(0).flip(0) > 0
+    before = torch.ones(length, length, dtype=torch.bool).tril(-1)  # j < i
+    return (read_later & before).sum(-1)[1:].to(torch.int64)
+
+
+def wkv_operator(key: Tensor, decay: Tensor, bonus: Tensor) -> Tensor:
+    """T of RWKV-4's WKV per channel: y_t = sum_{j<=t} T[t, j] v_j with T a softmax over
+    j <= t of the logits k_j - (t - 1 - j) w for j < t and u + k_t for j = t (transformers'
+    rwkv_linear_attention; its running sums are this ratio, kept stable by a running max).
+
+    key: (C, L); decay w = exp(time_decay) (C,) > 0; bonus u = time_first (C,). Returns T:
+    (C, L, L), rows summing to 1, zero above the diagonal."""
+    length = key.shape[-1]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # t - j
+    logits = key[:, None, :] - (lag - 1).clamp(min=0) * decay[:, None, None]
+    on_diagonal = torch.eye(length, dtype=torch.bool)
+    logits = torch.where(on_diagonal, (bonus[:, None] + key)[:, :, None], logits)
+    return torch.softmax(logits.masked_fill(lag < 0, -torch.inf), dim=-1)
+
+
+def convolution_operator(weight: Tensor, length: int) -> Tensor:
+    """T of a causal depthwise convolution per channel: banded Toeplitz, T[i, j] = w[K-1-(i-j)]
+    for 0 <= i - j < K (F.conv1d with K-1 left padding, as transformers' causal_conv1d_fn).
+
+    weight: (D, K). Returns T: (D, L, L)."""
+    kernel = weight.shape[-1]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # i - j
+    inside = (lag >= 0) & (lag < kernel)
+    taps = weight[:, (kernel - 1 - lag).clamp(0, kernel - 1)]  # (D, L, L)
+    return taps * inside
 
 
 def mamba_realisation(dt: Tensor, a: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:

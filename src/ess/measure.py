@@ -48,7 +48,7 @@ def layer_ess(
     Returns the EssResult ((..., H, P): batch dims, then heads/channels) and the TSS at each
     evaluated split (LayerOperator.tss): (P,) int64.
     """
-    if op.kind == "attention":
+    if op.kind != "ssm":  # attention and dense: no diagonal realisation, T itself
         T = op.matrix(channels).to(device)
         length = T.shape[-1]
         wanted = range(1, length, position_stride) if positions is None else positions

@@ -1,6 +1,7 @@
 """Rule capture_operators: run the model ONCE on each seed's token sequence of the task and save
 the factors of every layer's operator (ess.hf.capture_operators, ess.layers.save_operators), one
-file per seed."""
+file per seed. The capture finds each layer's mixer by discovery (docs/method.md §5) and fails
+if T u misses a mixer's own output; the largest relative error goes into the manifest."""
 
 from pathlib import Path
 
@@ -26,5 +27,8 @@ for sequence_file, output in zip(smk.input.sequences, smk.output.operators, stri
         started=started,
         n_tokens=sequence.length,
         n_operators=len(ops),
+        max_check_error=max(
+            (op.meta["check_error"] for op in ops if "check_error" in op.meta), default=None
+        ),
     )
     print(f"{output}: {len(ops)} operators", flush=True)
