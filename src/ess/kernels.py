@@ -8,6 +8,7 @@ A diagonal recurrence, per head or channel, t = 0 .. L-1 and x_{-1} = 0:
 - `segment_sum`: the log decay products sum_{t=j+1..i} log A_t;
 - `operator_from_log_decay`: T from (log A, B, C), the closed form, vectorised;
 - `scan`: the recurrence step by step (diagonal or dense A), the slow, obvious reference;
+  `scan_from` the same from a given state (S6's chunked, recomputed scan resumes with it);
 - `materialise`: T from (A, B, C) by its definition: the scan of a unit impulse at every step;
 - `scan_chunked`: the recurrence in chunks (GLA's chunkwise form), fast for training;
 - `attention_matrix`: softmax attention's T from its logits, causal (and windowed).
@@ -60,16 +61,24 @@ def scan(A: Tensor, B: Tensor, C: Tensor, u: Tensor) -> Tensor:
     (..., N, P): each of the P value channels has its own N-dimensional state driven by the
     shared (A, B, C).
     """
+    return scan_from(A, B, C, u, None)[0]
+
+
+def scan_from(
+    A: Tensor, B: Tensor, C: Tensor, u: Tensor, state: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """`scan` from the state x_{-1} = state (..., N, P) (None = 0): (y (..., L, P), x_{L-1})."""
     dense = A.ndim == B.ndim + 1
     Bu = (B[..., :, None] * u[..., None, :]).unbind(-3)  # L x (..., N, P)
     # unbind: one backward copy, not one per step; a diagonal A_t becomes a column (..., N, 1)
     A = A.unbind(-3) if dense else A[..., None].unbind(-3)
-    state = torch.zeros_like(Bu[0])
+    if state is None:
+        state = torch.zeros_like(Bu[0])
     states = []
     for A_t, Bu_t in zip(A, Bu, strict=True):
         state = Bu_t + (A_t @ state if dense else A_t * state)
         states.append(state)
-    return (C[..., None] * torch.stack(states, dim=-3)).sum(-2)
+    return (C[..., None] * torch.stack(states, dim=-3)).sum(-2), state
 
 
 def materialise(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
