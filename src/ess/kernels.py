@@ -10,6 +10,7 @@ A diagonal recurrence, per head or channel, t = 0 .. L-1 and x_{-1} = 0:
 - `scan`: the recurrence step by step (diagonal or dense A), the slow, obvious reference;
   `scan_from` the same from a given state (S6's chunked, recomputed scan resumes with it);
 - `materialise`: T from (A, B, C) by its definition: the scan of a unit impulse at every step;
+  `materialise_by_rows` the same for a diagonal A, one row of T per step, in O(N L) memory;
 - `scan_chunked`: the recurrence in chunks (GLA's chunkwise form), fast for training;
 - `attention_matrix`: softmax attention's T from its logits, causal (and windowed).
 
@@ -89,6 +90,24 @@ def materialise(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """
     identity = torch.eye(B.shape[-2], dtype=B.dtype, device=B.device)
     return scan(A, B, C, identity)
+
+
+def materialise_by_rows(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """`materialise` for a diagonal A, holding one state instead of all L: the impulse
+    responses X_i = A_i X_{i-1} + B_i e_i^T (..., N, L) and row i of T is C_i^T X_i.
+
+    A, B, C: (..., L, N) -> T: (..., L, L), in (..., N, L) + (..., L, L) memory where
+    `materialise` builds (..., L, N, L).
+    """
+    length = B.shape[-2]
+    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2], C.shape[:-2])
+    state = B.new_zeros(*batch, B.shape[-1], length)
+    T = B.new_zeros(*batch, length, length)
+    for i in range(length):
+        state = A[..., i, :, None] * state
+        state[..., i] = state[..., i] + B[..., i, :]
+        T[..., i, :] = (C[..., i, :, None] * state).sum(-2)
+    return T
 
 
 # Largest |log prod a_t| inside one chunk for which the factorised intra-chunk form is used:

@@ -123,9 +123,11 @@ rule measure_synthetic_ess:
     resources:
         mem_mb=resources_for("measure_synthetic_ess", "mem_mb", 2000),
         runtime=resources_for("measure_synthetic_ess", "runtime", 10),
+        gpu=resources_for("measure_synthetic_ess", "gpu", 0),
     params:
         runs=lambda wildcards: SYNTHETIC_CELLS[wildcards.cell],
         n_sequences=config["synthetic"]["ess"]["n_sequences"],
+        device=config["synthetic"]["ess"]["device"],
         tolerances=config["synthetic"]["ess"]["tolerances"],
         relative=config["ess"]["relative"],
     message:
