@@ -153,3 +153,17 @@ def test_materialise_by_rows_is_materialise():
     torch.testing.assert_close(
         materialise_by_rows(A, B, C), materialise(A, B, C), rtol=0, atol=1e-12
     )
+
+
+def test_model_ess_in_groups_of_sequences_is_model_ess_in_one(monkeypatch):
+    """Sequences measured in groups (here of 1, as a paper-size S6 cell's operators are)
+    give the table of one batch: the means weigh every sequence alike."""
+    import ess.measure
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=16, d_model=8, layers="SA,S6", state_size=4))
+    inputs = torch.randint(0, 16, (3, 12), generator=torch.Generator().manual_seed(1))
+    whole = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
+    monkeypatch.setattr(ess.measure, "OPERATOR_GROUP_BYTES", 1)
+    grouped = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
+    pd.testing.assert_frame_equal(grouped, whole, check_exact=False, rtol=1e-12)

@@ -174,6 +174,25 @@ def _dense_ssm_ess(
     )
 
 
+# Memory for the operators of one group of sequences in `model_ess` (float32 factors or T).
+OPERATOR_GROUP_BYTES = 2**30
+
+
+def operator_bytes_per_sequence(model: LanguageModel, length: int) -> int:
+    """Bytes of one sequence's operators of every layer of `model` (LanguageModel.operators):
+    T (H, L, L) for attention, A, B, C (channels, L, N) for a recurrence (S6: d_model channels,
+    the others n_heads), in float32."""
+    config = model.config
+    total = 0
+    for kind in config.layer_kinds():
+        if kind in ("SA", "SWA"):
+            total += config.n_heads * length * length
+        else:
+            channels = config.d_model if kind == "S6" else config.n_heads
+            total += 3 * channels * length * config.state_size
+    return 4 * total
+
+
 @torch.no_grad()
 def model_ess(
     model: LanguageModel,
@@ -190,28 +209,40 @@ def model_ess(
     layer, layer_mixer (SA, GLA, ...), tss (mean TSS over split positions: N for a recurrence,
     the mean KV-cache length for attention), tolerance, ess_tolerance and ess_entropy (means
     over sequences, heads/channels and split positions), utilisation (ess_tolerance / tss).
-    The forward and the decompositions run on `device` (all n sequences in one batch); a
-    recurrence takes `path` (`layer_ess`).
+    The forward and the decompositions run on `device`, the sequences in groups whose
+    operators fit OPERATOR_GROUP_BYTES; a recurrence takes `path` (`layer_ess`).
     """
     if len(tolerances) == 0:
         raise ValueError("tolerances must name at least one tau")
     model.to(device).eval()
+    per_sequence = operator_bytes_per_sequence(model, inputs.shape[1])
+    group = max(1, OPERATOR_GROUP_BYTES // per_sequence)
+    sums: dict[int, dict] = {}
+    for start in range(0, len(inputs), group):
+        for op in model.operators(inputs[start : start + group].to(device)):
+            result, state_size = layer_ess(op, spectrum=True, device=device, path=path)
+            layer = sums.setdefault(
+                op.layer,
+                {"mixer": op.meta["mixer"], "tss": float(state_size.mean()), "count": 0},
+            )
+            layer["count"] += result.entropy.numel()
+            layer["entropy"] = layer.get("entropy", 0.0) + result.entropy.sum().item()
+            for tol in tolerances:
+                ess = tolerance_ess(result.spectrum, tol, relative).to(torch.float64).sum().item()
+                layer[tol] = layer.get(tol, 0.0) + ess
     rows = []
-    for op in model.operators(inputs.to(device)):
-        result, state_size = layer_ess(op, spectrum=True, device=device, path=path)
-        tss = float(state_size.mean())
-        entropy = result.entropy.mean().item()
+    for index, layer in sums.items():
         for tol in tolerances:
-            ess = tolerance_ess(result.spectrum, tol, relative).to(torch.float64).mean().item()
+            ess = layer[tol] / layer["count"]
             rows.append(
                 {
-                    "layer": op.layer,
-                    "layer_mixer": op.meta["mixer"],
-                    "tss": tss,
+                    "layer": index,
+                    "layer_mixer": layer["mixer"],
+                    "tss": layer["tss"],
                     "tolerance": float(tol),
                     "ess_tolerance": ess,
-                    "ess_entropy": entropy,
-                    "utilisation": ess / tss,
+                    "ess_entropy": layer["entropy"] / layer["count"],
+                    "utilisation": ess / layer["tss"],
                 }
             )
     return pd.DataFrame(rows)
