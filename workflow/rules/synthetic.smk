@@ -161,6 +161,7 @@ rule aggregate_synthetic:
             for key, run in SYNTHETIC_RUNS.items()
         },
         tolerance=config["ess"]["tolerance"],
+        curve_points=config["synthetic"]["curve_points"],
     message:
         "Synthetic runs: one table of accuracy and ESS per run and per layer"
     script:
