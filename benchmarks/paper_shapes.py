@@ -23,6 +23,7 @@ in every sequence, so
     ess:    seconds(cell) ~= n_sequences * seeds * seconds(1)          (64 x 3, one CPU thread)
 
     python benchmarks/paper_shapes.py             # the grid below, ~15 minutes on 2 cores
+    python benchmarks/paper_shapes.py --kind ess  # one kind (two processes: one per kind)
     python benchmarks/paper_shapes.py --quick     # smoke test: L 256, N 16, a minute
     python benchmarks/paper_shapes.py --device cuda   # the same probes on a GPU (peak: max
                                                       # allocated GPU memory, not RSS)
@@ -166,14 +167,19 @@ def probe(kind: str, mixer: str, length: int, n: int, device: str, repeats: int)
     }
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    """The rows to `path` through a temporary file and a rename."""
+def write_csv(rows: list[dict], path: Path, kinds: set[str]) -> None:
+    """The rows to `path` through a temporary file and a rename, keeping the rows of the other
+    kinds already there (so that `--kind train` and `--kind ess` can run as two processes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".csv.tmp")
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["kind"] not in kinds]
+    temporary = path.with_suffix(f".csv.tmp{os.getpid()}")
     with open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(sorted(kept + rows, key=lambda row: row["kind"] != "train"))
     os.replace(temporary, path)
 
 
@@ -204,18 +210,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per probe")
     parser.add_argument("--csv", type=Path, default=None, help=f"default {CSV_PATH} (full grid)")
+    parser.add_argument("--kind", choices=["train", "ess"], default=None, help="one kind only")
     args = parser.parse_args()
     grid = QUICK_GRID if args.quick else FULL_GRID
+    kinds = {args.kind} if args.kind else {"train", "ess"}
+    grid = [probe_args for probe_args in grid if probe_args[0] in kinds]
+    path = args.csv or (None if args.quick else CSV_PATH)
     rows = []
     for kind, mixer, length, n in grid:
         rows.append(probe(kind, mixer, length, n, args.device, args.repeats))
-        r = rows[-1]
-        print(
-            f"{kind} {mixer} L={length} N={n}: {r['peak_rss_mb']} MB {r['seconds']} s", flush=True
-        )
-    path = args.csv or (None if args.quick else CSV_PATH)
+        measured = f"{rows[-1]['peak_rss_mb']} MB {rows[-1]['seconds']} s"
+        print(f"{kind} {mixer} L={length} N={n}: {measured}", flush=True)
+        if path is not None:  # after every probe: a stopped run keeps what it measured
+            write_csv(rows, path, kinds)
     if path is not None:
-        write_csv(rows, path)
         print(f"wrote {path}")
     print(table(rows))
 

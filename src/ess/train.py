@@ -63,8 +63,8 @@ class TrainConfig:
     evaluation runs in batches of at most this size too. It changes peak memory, not the
     gradient (up to float rounding). resume_state: path of the requeue state file (None =
     none): written every resume_every_steps steps (0 = never) or resume_every_minutes minutes
-    (0 = never), read at the start if it exists and belongs to the same run, deleted when the
-    run ends.
+    (0 = never) and after the last step, read at the start if it exists and belongs to the same
+    run; the caller deletes it once the run's outputs are written.
     """
 
     steps: int = 300
@@ -272,7 +272,9 @@ def fit(
     With config.resume_state, the training state is saved every resume_every_steps steps or
     resume_every_minutes minutes (`save_training_state`) and, when the file exists and was
     written for the same run (config and `run_identity`, the caller's description of model and
-    data), training continues from it; the file is deleted after the last step.
+    data), training continues from it. The state after the last step is saved too, so that a
+    job killed during what follows (the final evaluation, writing its outputs) does not train
+    again; the caller deletes the file once its outputs are written.
     """
     optimiser = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay), lr=config.lr, fused=True
@@ -309,13 +311,12 @@ def fit(
         if config.log_every and ((step + 1) % config.log_every == 0 or last):
             seconds = time.perf_counter() - start
             print(progress_line(step, first, curves, seconds, config), flush=True)
-        if not last and resume_due(step, time.perf_counter() - last_saved, config):
+        final = last and config.resume_state is not None
+        if final or resume_due(step, time.perf_counter() - last_saved, config):
             save_training_state(
                 config.resume_state, fingerprint, step + 1, model, optimiser, curves
             )
             last_saved = time.perf_counter()
-    if config.resume_state is not None and os.path.exists(config.resume_state):
-        os.remove(config.resume_state)
     return curves
 
 

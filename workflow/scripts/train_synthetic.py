@@ -3,7 +3,7 @@ checkpoint (safetensors), the per-step curves and the test scores.
 
 Requeue: the training state is kept in resume.pt beside the outputs (TrainConfig.resume_state,
 written every resume_every_steps / resume_every_minutes of the spec); a rerun of a killed or
-timed-out job continues from it, and the run deletes it when it ends."""
+timed-out job continues from it; it is deleted once every output is written."""
 
 import csv
 import dataclasses
@@ -52,6 +52,7 @@ metrics = {
 }
 with atomic_output(Path(smk.output.metrics)) as temporary:
     temporary.write_text(json.dumps(metrics, indent=2) + "\n")
+resume_state.unlink(missing_ok=True)
 record(
     smk,
     [smk.output.model, smk.output.curves, smk.output.metrics],
