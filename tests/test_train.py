@@ -24,6 +24,7 @@ from ess.train import (
     distillation_loss,
     learning_rate,
     load_checkpoint,
+    micro_batch_size_within,
     parameter_groups,
     save_checkpoint,
     save_training_state,
@@ -271,3 +272,12 @@ def test_a_resume_state_of_another_run_is_not_resumed(tmp_path):
     result = train(TINY_MODEL, TINY_TASK, other)
     assert len(result.curves.loss) == 6
     assert train(TINY_MODEL, TINY_TASK, replace(other, resume_state=None)).curves == result.curves
+
+
+def test_micro_batch_size_within_a_budget():
+    assert micro_batch_size_within(256, 100.0, 1e6) is None  # the whole batch fits
+    assert micro_batch_size_within(256, 1e6, 64.5e6) == 64
+    with pytest.raises(ValueError, match="over the budget"):
+        micro_batch_size_within(256, 2e6, 1e6)
+    with pytest.raises(ValueError, match="must be > 0"):
+        micro_batch_size_within(256, 0.0, 1e6)

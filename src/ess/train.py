@@ -538,6 +538,26 @@ def _reg_layers(config: TrainConfig) -> list[int] | None:
     return None if config.reg_layers is None else list(config.reg_layers)
 
 
+def micro_batch_size_within(
+    batch_size: int, sequence_bytes: float, budget_bytes: float
+) -> int | None:
+    """The TrainConfig.micro_batch_size that keeps a step's activations within budget_bytes
+    when one sequence takes sequence_bytes (benchmarks/calibration/paper_shapes.csv measures
+    it per mixer, L and N): None when the whole batch fits, else the largest size that fits.
+    One sequence over the budget is an error naming both numbers."""
+    if sequence_bytes <= 0 or budget_bytes <= 0:
+        raise ValueError(
+            f"sequence_bytes and budget_bytes must be > 0, got {sequence_bytes}, {budget_bytes}"
+        )
+    fits = int(budget_bytes // sequence_bytes)
+    if fits < 1:
+        raise ValueError(
+            f"one sequence takes {sequence_bytes:.3g} bytes, over the budget of "
+            f"{budget_bytes:.3g} bytes: no micro-batch fits"
+        )
+    return None if fits >= batch_size else fits
+
+
 def micro_batches(b: int, size: int) -> list[slice]:
     """Consecutive slices of range(b) of `size` rows (the last may be shorter)."""
     return [slice(start, min(start + size, b)) for start in range(0, b, size)]
