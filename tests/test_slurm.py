@@ -23,6 +23,9 @@ import pytest
 import yaml
 from test_workflow import FIGURES, SMALL_CONFIG, TABLES  # the small real target: one definition
 
+from ess.plan import job_resources, plan_jobs
+from ess.workflow_config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
 SNAKEFILE = ROOT / "tests" / "slurm" / "workflow" / "Snakefile"
@@ -34,16 +37,7 @@ REAL_SNAKEFILE = ROOT / "Snakefile"
 REAL_RUN_TIMEOUT_S = 900  # the small real target: 183 s alone, 407 s on a busy machine (2 CPUs)
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
-# The GPU rules of the real workflow at a size this node can take. On the command line,
-# --set-resources REPLACES the profile's set-resources block (8 CPUs, 32 GB, gpu: 1 per job),
-# which sbatch would reject here (2 CPUs, ~22 GB). gpu=0 rather than 1: the small config runs on
-# the CPU (models.smollm2.device: cpu), and with the node's one fake GPU only one of these six
-# jobs could run at a time; test_gpu_request_reaches_slurm covers `gpu: 1` -> `--gpus=1`.
-SMALL_SLURM_RESOURCES = [
-    f"{rule}:{key}={value}"
-    for rule in ("capture_operators", "measure_e6_ess")
-    for key, value in (("cpus_per_task", 1), ("mem_mb", 4000), ("gpu", 0))
-]
+MEMHOG_MB = 2000  # tests/slurm/workflow/Snakefile: memhog asks for MEMHOG_MB x attempt
 
 
 def _profile() -> dict:
@@ -225,16 +219,21 @@ def test_each_rule_runs_as_its_own_slurm_job(slurm_cluster, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_failing_rule_is_reported_not_waited_on(slurm_cluster, tmp_path):
-    rc, log, seconds = run_snakemake(tmp_path, "fail")
+    """The profile keeps going past a failed job (a paper run should not stop at its first
+    failure): the other chain (produce -> consume) completes, and the run exits non-zero
+    naming the failed rule."""
+    rc, log, seconds = run_snakemake(tmp_path, "fail", "all")
     jobs = submitted_jobs(log)
     acct = sacct([j for _, j in jobs]) if jobs else {}
-    report("fail", seconds, jobs, acct)
+    report("fail + all", seconds, jobs, acct)
 
     assert rc != 0, log[-3000:]
     assert "Error in rule fail" in log
+    assert (tmp_path / "results" / "consumed.txt").read_text().strip() == "43"
     attempts = 1 + int(_profile().get("retries", 0))
-    assert [rule for rule, _ in jobs] == ["fail"] * attempts, log[-3000:]
-    assert all(acct[j]["State"] == "FAILED" for _, j in jobs), acct
+    failed = [j for rule, j in jobs if rule == "fail"]
+    assert len(failed) == attempts, log[-3000:]
+    assert all(acct[j]["State"] == "FAILED" for j in failed), acct
     # Each attempt costs ~45 s here (the plugin polls after 5 s, then 15 s, 25 s later, ...):
     # the bound is generous, the point is that a failure ends the run instead of hanging it.
     assert seconds < attempts * 90, f"took {seconds:.0f} s"
@@ -243,10 +242,7 @@ def test_failing_rule_is_reported_not_waited_on(slurm_cluster, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_job_killed_for_memory_is_retried_with_more(slurm_cluster, tmp_path):
-    # The profile's default mem_mb, on the first two attempts (e.g. 2000 * attempt).
-    mem_expr = _profile()["default-resources"]["mem_mb"]
-    mem1, mem2 = (eval(str(mem_expr), {"attempt": a}) for a in (1, 2))
-    assert mem2 > mem1, f"profile mem_mb {mem_expr!r} must grow with attempt"
+    mem1, mem2 = MEMHOG_MB, 2 * MEMHOG_MB  # the rule's mem_mb on the first two attempts
     hog_mb = (mem1 + mem2) // 2  # too much for attempt 1, enough for attempt 2
 
     rc, log, seconds = run_snakemake(tmp_path, "memhog", "--config", f"memhog_mb={hog_mb}")
@@ -289,7 +285,8 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     config/config.yaml holds the small target (tests/test_workflow.py SMALL_CONFIG: SmolLM2
     from PyPI, layers 0 and 29, one delimiter, one control, L=256): every non-local job is its
     own COMPLETED SLURM job, and each manifest names the job that wrote it. Two options fit
-    the run to this node: a 5 s first status check and GPU rules at 1 CPU (see above)."""
+    the run to this node: a 5 s first status check and one thread per job. Memory requests
+    come from the cost model: each job asks SLURM for what `ess plan` says it will."""
     t0 = time.monotonic()
     checkout = fresh_checkout(tmp_path / "ess")
     (checkout / "config" / "config.yaml").write_text(yaml.safe_dump(SMALL_CONFIG))
@@ -297,8 +294,6 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     rc, log, seconds = run_snakemake(
         tmp_path,
         "all",
-        "--set-resources",
-        *SMALL_SLURM_RESOURCES,
         snakefile=None,
         timeout=REAL_RUN_TIMEOUT_S,
         env_extra={"OMP_NUM_THREADS": "1"},  # one CPU per job (cpus_per_task = threads = 1)
@@ -340,10 +335,16 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     assert all(acct[j]["State"] == "COMPLETED" for j in ids), acct
     run_id = re.search(r"SLURM run ID: (\S+)", log)[1]  # the plugin's job name
     assert {acct[j]["JobName"] for j in ids} == {run_id}, acct
-    for rule, j in jobs:  # the --set-resources above reached sbatch
-        if rule in ("capture_operators", "measure_e6_ess"):
-            assert "cpu=1," in acct[j]["AllocTRES"] + ",", acct[j]
-            assert "gres/gpu" not in acct[j]["AllocTRES"], acct[j]
+    # Each job asked SLURM for the memory the plan gives a job of its rule, on one CPU and no
+    # GPU (the small config runs on the CPU).
+    config = load_config(root=checkout)
+    requests = defaultdict(set)
+    for job in plan_jobs(config):
+        requests[job.rule].add(f"{job_resources(job, config)['mem_mb']}M")
+    for rule, j in jobs:
+        assert acct[j]["ReqMem"] in requests[rule], (rule, acct[j], requests[rule])
+        assert "cpu=1," in acct[j]["AllocTRES"] + ",", acct[j]
+        assert "gres/gpu" not in acct[j]["AllocTRES"], acct[j]
 
     # Each manifest records the SLURM job that wrote it (ess.provenance: SLURM_JOB_ID): the
     # manifests of one job carry one id, those of different jobs different ids.

@@ -58,6 +58,36 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--configfile", nargs="+", default=[], type=Path,
+        help="config files merged over config/config.yaml, as for snakemake (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, default=None,
+        help="a Snakemake profile (directory or its config.yaml): its `jobs` sets the "
+        "concurrency of the wall-time bound",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", action="store_true", help="also list every job with its estimate and request"
+    )
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the plan's table; 1 when a job exceeds the config's cluster limits."""
+    from ess.plan import plan_text
+    from ess.workflow_config import load_config
+
+    try:
+        config = load_config(args.configfile)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ess plan: {error}", file=sys.stderr)
+        return 2
+    text, problems = plan_text(config, args.profile, list_jobs=args.jobs)
+    print(text)
+    return 1 if problems else 0
+
+
 SUBCOMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
@@ -65,6 +95,12 @@ SUBCOMMANDS: dict[
         "re-hash every file in the manifest chain behind results",
         add_audit_arguments,
         run_audit,
+    ),
+    "plan": (
+        "estimate every job's memory, GPU memory, time and disk for a config, and check them "
+        "against its cluster limits",
+        add_plan_arguments,
+        run_plan,
     ),
     "status": (
         "summarise a workflow directory: figures and tables, jobs done and to run, jobs running",

@@ -46,6 +46,28 @@ def check_model_sources(config: dict, schema: str | Path) -> None:
             )
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def load_config(configfiles: list[str | Path] = (), root: str | Path = REPOSITORY) -> dict:
+    """The config a run of the workflow in `root` sees with these `--configfile`s: the
+    Snakefile's config/config.yaml, each file merged over it as Snakemake merges them (nested
+    keys updated), validated against the schema with its defaults filled in, then checked
+    (`check_config`). For tools that plan or inspect a run without starting Snakemake."""
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    root = Path(root)
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text()) or {}
+    for path in configfiles:
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    schema = root / "workflow" / "schemas" / "config.schema.yaml"
+    check_model_sources(config, schema)
+    validate(config, str(schema))
+    check_config(config)
+    return config
+
+
 def check_config(config: dict) -> None:
     """Raise a ValueError naming the first config key whose value a job would fail on."""
     check_models(config)

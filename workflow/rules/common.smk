@@ -1,12 +1,14 @@
 # Config validation and helpers shared by the rule files (which models, layers, tasks and
 # seeds exist, and the output path of each kind of result). Nothing here computes science.
 
+import functools
 import os
 import re
 
 import yaml
 from snakemake.utils import validate
 
+from ess.plan import JOB_NAMES, check_plan, job_resources, plan_jobs, threads_of
 from ess.workflow_config import check_config, check_model_sources
 
 # ---------------------------------------------------------------------------------------------
@@ -18,6 +20,10 @@ check_model_sources(config, workflow.source_path(SCHEMA))
 validate(config, SCHEMA)
 # What the schema cannot say: sizes that must fit each other, names that must exist.
 check_config(config)
+# Every job within the cluster section's limits, by its cost estimate (ess plan): once, in the
+# process the user started, not again in each job's.
+if workflow.is_main_process:
+    check_plan(config)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).
@@ -95,13 +101,21 @@ def e6_add_bos(model):
     return config["e6"]["add_bos"] if own is None else own
 
 
-def resources_for(rule_name, key, fallback):
-    """resources.<rule>.<key>, else resources.default.<key>, else `fallback`."""
-    table = config["resources"]
-    for scope in (rule_name, "default"):
-        if key in table.get(scope, {}):
-            return table[scope][key]
-    return fallback
+def planned(rule, key):
+    """A resource of `rule`'s jobs (mem_mb, runtime or gpu), from the cost model for each
+    job's shape, growing with the attempt (ess.plan.job_resources)."""
+
+    def resource(wildcards, attempt):
+        name = JOB_NAMES[rule].format(**wildcards)
+        return job_resources(planned_jobs()[(rule, name)], config, attempt)[key]
+
+    return resource
+
+
+@functools.cache
+def planned_jobs():
+    """Every job of the plan by (rule, name): built once per process, when first asked."""
+    return {(job.rule, job.name): job for job in plan_jobs(config)}
 
 
 def maybe_temp(path):

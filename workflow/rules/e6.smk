@@ -52,8 +52,8 @@ rule make_sequence:
     conda:
         "../../envs/torch.yaml"
     resources:
-        mem_mb=resources_for("make_sequence", "mem_mb", 2000),
-        runtime=resources_for("make_sequence", "runtime", 5),
+        mem_mb=planned("make_sequence", "mem_mb"),
+        runtime=planned("make_sequence", "runtime"),
     params:
         delimiters=config["e6"]["delimiters"],
         seeds=e6_seeds(),
@@ -83,11 +83,11 @@ rule bigram_recall:
         "results/benchmarks/bigram_recall/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("bigram_recall", "threads", 1)
+    threads: threads_of(config, "bigram_recall")
     resources:
-        mem_mb=resources_for("bigram_recall", "mem_mb", 4000),
-        runtime=resources_for("bigram_recall", "runtime", 20),
-        gpu=resources_for("bigram_recall", "gpu", 0),
+        mem_mb=planned("bigram_recall", "mem_mb"),
+        runtime=planned("bigram_recall", "runtime"),
+        gpu=planned("bigram_recall", "gpu"),
     params:
         task=config["e6"]["recall"]["task"],
         delimiter=e6_sequence_delimiter(config["e6"]["recall"]["task"]),
@@ -127,8 +127,8 @@ rule aggregate_e6:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=resources_for("aggregate_e6", "mem_mb", 4000),
-        runtime=resources_for("aggregate_e6", "runtime", 30),
+        mem_mb=planned("aggregate_e6", "mem_mb"),
+        runtime=planned("aggregate_e6", "runtime"),
     params:
         delimiters=config["e6"]["delimiters"],
         controls=config["e6"]["controls"],
@@ -184,8 +184,8 @@ rule e6_figure:
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("e6_figure", "mem_mb", 2000),
-        runtime=resources_for("e6_figure", "runtime", 10),
+        mem_mb=planned("e6_figure", "mem_mb"),
+        runtime=planned("e6_figure", "runtime"),
     params:
         parameters=notebook_parameters(
             ["notebook", *E6_NOTEBOOK_INPUTS], ["png", "pdf"], **E6_NOTEBOOK_VALUES
@@ -223,8 +223,8 @@ rule e6_table:
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("e6_table", "mem_mb", 2000),
-        runtime=resources_for("e6_table", "runtime", 10),
+        mem_mb=planned("e6_table", "mem_mb"),
+        runtime=planned("e6_table", "runtime"),
     params:
         parameters=notebook_parameters(
             ["notebook", *E6_NOTEBOOK_INPUTS],

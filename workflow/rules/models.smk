@@ -13,8 +13,8 @@ rule fetch_model:
     conda:
         "../../envs/torch.yaml"
     resources:
-        mem_mb=resources_for("fetch_model", "mem_mb", 2000),
-        runtime=resources_for("fetch_model", "runtime", 30),
+        mem_mb=planned("fetch_model", "mem_mb"),
+        runtime=planned("fetch_model", "runtime"),
     params:
         source=lambda wildcards: model_config(wildcards.model)["source"],
         sha256=lambda wildcards: model_config(wildcards.model)["sha256"],
@@ -42,8 +42,8 @@ rule convert_model:
     conda:
         "../../envs/torch.yaml"
     resources:
-        mem_mb=resources_for("convert_model", "mem_mb", 4000),
-        runtime=resources_for("convert_model", "runtime", 30),
+        mem_mb=planned("convert_model", "mem_mb"),
+        runtime=planned("convert_model", "runtime"),
     params:
         gguf_file=lambda wildcards: model_config(wildcards.model)["gguf_file"],
     message:
@@ -66,11 +66,11 @@ rule train_language_model:
         model=model_name_pattern(trained_models()),
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("train_language_model", "threads", 1)
+    threads: threads_of(config, "train_language_model")
     resources:
-        mem_mb=resources_for("train_language_model", "mem_mb", 3000),
-        runtime=resources_for("train_language_model", "runtime", 30),
-        gpu=resources_for("train_language_model", "gpu", 0),
+        mem_mb=planned("train_language_model", "mem_mb"),
+        runtime=planned("train_language_model", "runtime"),
+        gpu=planned("train_language_model", "gpu"),
     params:
         n_layers=lambda wildcards: model_config(wildcards.model)["n_layers"],
         train=lambda wildcards: model_config(wildcards.model)["train"],

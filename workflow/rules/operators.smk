@@ -27,11 +27,11 @@ rule capture_operators:
         "results/benchmarks/capture_operators/{model}/{task}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("capture_operators", "threads", 1)
+    threads: threads_of(config, "capture_operators")
     resources:
-        mem_mb=resources_for("capture_operators", "mem_mb", 4000),
-        runtime=resources_for("capture_operators", "runtime", 20),
-        gpu=resources_for("capture_operators", "gpu", 0),
+        mem_mb=planned("capture_operators", "mem_mb"),
+        runtime=planned("capture_operators", "runtime"),
+        gpu=planned("capture_operators", "gpu"),
     params:
         condition=lambda wildcards: e6_condition(wildcards.task),
         dtype=lambda wildcards: model_config(wildcards.model)["dtype"],
@@ -66,11 +66,11 @@ rule measure_e6_ess:
         "results/benchmarks/measure_e6_ess/{model}/{task}/part{part}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("measure_e6_ess", "threads", 1)
+    threads: threads_of(config, "measure_e6_ess")
     resources:
-        mem_mb=resources_for("measure_e6_ess", "mem_mb", 2000),
-        runtime=resources_for("measure_e6_ess", "runtime", 20),
-        gpu=resources_for("measure_e6_ess", "gpu", 0),
+        mem_mb=planned("measure_e6_ess", "mem_mb"),
+        runtime=planned("measure_e6_ess", "runtime"),
+        gpu=planned("measure_e6_ess", "gpu"),
     params:
         seeds=e6_seeds(),
         condition=lambda wildcards: e6_condition(wildcards.task),

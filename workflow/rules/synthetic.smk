@@ -46,8 +46,8 @@ rule make_task_split:
     conda:
         "../../envs/torch.yaml"
     resources:
-        mem_mb=resources_for("make_task_split", "mem_mb", 1000),
-        runtime=resources_for("make_task_split", "runtime", 5),
+        mem_mb=planned("make_task_split", "mem_mb"),
+        runtime=planned("make_task_split", "runtime"),
     params:
         task=lambda wildcards: task_fields(
             config["synthetic"],
@@ -78,11 +78,11 @@ rule train_synthetic:
         "results/benchmarks/train_synthetic/{run}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("train_synthetic", "threads", 1)
+    threads: threads_of(config, "train_synthetic")
     resources:
-        mem_mb=resources_for("train_synthetic", "mem_mb", 2000),
-        runtime=resources_for("train_synthetic", "runtime", 30),
-        gpu=resources_for("train_synthetic", "gpu", 0),
+        mem_mb=planned("train_synthetic", "mem_mb"),
+        runtime=planned("train_synthetic", "runtime"),
+        gpu=planned("train_synthetic", "gpu"),
     params:
         spec=lambda wildcards: run_of(SYNTHETIC_RUNS, wildcards.run).spec,
         labels=lambda wildcards: run_of(
@@ -119,11 +119,11 @@ rule measure_synthetic_ess:
         "results/logs/measure_synthetic_ess/{cell}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: resources_for("measure_synthetic_ess", "threads", 1)
+    threads: threads_of(config, "measure_synthetic_ess")
     resources:
-        mem_mb=resources_for("measure_synthetic_ess", "mem_mb", 2000),
-        runtime=resources_for("measure_synthetic_ess", "runtime", 10),
-        gpu=resources_for("measure_synthetic_ess", "gpu", 0),
+        mem_mb=planned("measure_synthetic_ess", "mem_mb"),
+        runtime=planned("measure_synthetic_ess", "runtime"),
+        gpu=planned("measure_synthetic_ess", "gpu"),
     params:
         runs=lambda wildcards: SYNTHETIC_CELLS[wildcards.cell],
         n_sequences=config["synthetic"]["ess"]["n_sequences"],
@@ -149,8 +149,8 @@ rule aggregate_synthetic:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=resources_for("aggregate_synthetic", "mem_mb", 2000),
-        runtime=resources_for("aggregate_synthetic", "runtime", 10),
+        mem_mb=planned("aggregate_synthetic", "mem_mb"),
+        runtime=planned("aggregate_synthetic", "runtime"),
     params:
         runs=list(SYNTHETIC_RUNS),
         labels={
@@ -194,8 +194,8 @@ rule synthetic_figure:
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("synthetic_figure", "mem_mb", 2000),
-        runtime=resources_for("synthetic_figure", "runtime", 10),
+        mem_mb=planned("synthetic_figure", "mem_mb"),
+        runtime=planned("synthetic_figure", "runtime"),
     params:
         parameters=notebook_parameters(
             ["notebook", *SYNTHETIC_AGGREGATE],
@@ -235,8 +235,8 @@ rule synthetic_table:
     conda:
         "../../envs/notebooks.yaml"
     resources:
-        mem_mb=resources_for("synthetic_table", "mem_mb", 2000),
-        runtime=resources_for("synthetic_table", "runtime", 10),
+        mem_mb=planned("synthetic_table", "mem_mb"),
+        runtime=planned("synthetic_table", "runtime"),
     params:
         parameters=notebook_parameters(
             ["notebook", *SYNTHETIC_AGGREGATE],
