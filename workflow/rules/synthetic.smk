@@ -37,18 +37,6 @@ SYNTHETIC_AGGREGATE = {
 }
 
 
-def planned_spec(key):
-    """The run's spec, with the micro-batch that the plan chose to fit the GPU
-    (ess.plan.micro_batch_size) when it is smaller than the batch: the job then accumulates
-    its gradient over micro-batches (ess.train.batch_gradient). A run that fits, and every CPU
-    run, keeps its spec as the config states it."""
-    spec = run_of(SYNTHETIC_RUNS, key).spec
-    notes = planned_jobs()[("train_synthetic", key)].notes
-    if notes["micro_batch_size"] >= notes["batch_size"]:
-        return spec
-    return {**spec, "train": {**spec["train"], "micro_batch_size": notes["micro_batch_size"]}}
-
-
 rule make_task_split:
     output:
         split=task_split_path("{task}", "{difficulty}", "{split}"),
@@ -96,7 +84,9 @@ rule train_synthetic:
         runtime=planned("train_synthetic", "runtime"),
         gpu=planned("train_synthetic", "gpu"),
     params:
-        spec=lambda wildcards: planned_spec(wildcards.run),
+        spec=lambda wildcards: planned_spec(
+            run_of(SYNTHETIC_RUNS, wildcards.run).spec, wildcards.run
+        ),
         labels=lambda wildcards: run_of(
             SYNTHETIC_RUNS, wildcards.run
         ).labels.job_labels(),
