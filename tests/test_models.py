@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ess import operators as ops
 from ess.kernels import scan
-from ess.mixers import MIXERS, split_heads
+from ess.mixers import MIXERS, S6_FULL_SCAN_ELEMENTS, make_mixer, split_heads
 from ess.models import LanguageModel, ModelConfig, state_transition_regulariser
 
 SMALL = {"vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2, "state_size": 4, "window": 5}
@@ -232,3 +232,42 @@ def test_operators_feed_the_ess_core_in_both_forms():
     assert torch.equal(from_realisation.tolerance, from_matrix.tolerance)
     assert torch.allclose(from_realisation.entropy, from_matrix.entropy)
     assert effective_state_size(sa.matrix()).tolerance.shape == (2, 2, 11)
+
+
+def test_s6_chunked_scan_is_the_full_scan_in_value_and_gradient():
+    """S6's memory-bounded scan (chunks recomputed in the backward, a length that is not a
+    multiple of the chunk) gives the full scan's output and parameter gradients, float64."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=16, d_model=8, n_layers=1, layers="S6", state_size=5)
+    mixer = make_mixer("S6", config).double()
+    u = torch.randn(2, 37, 8, dtype=torch.float64)
+    outputs, gradients = [], []
+    for core in (mixer.core_full, lambda v: mixer.core_chunked(v, chunk=8)):
+        mixer.zero_grad(set_to_none=True)
+        y = core(u)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        outputs.append(y.detach())
+        gradients.append({n: p.grad for n, p in mixer.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-12)
+    assert gradients[1].keys() == gradients[0].keys() and "A_log" in gradients[0]
+    for name, grad in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_s6_scans_in_chunks_above_the_full_scan_size():
+    """A forward whose (b, d, L, N) exceeds S6_FULL_SCAN_ELEMENTS takes the chunked scan (its
+    checkpointed chunks leave no (b, d, L, N) tensor for the backward) and matches the full."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=16, d_model=64, n_layers=1, layers="S6", state_size=256)
+    mixer = make_mixer("S6", config)
+    u = torch.randn(2, S6_FULL_SCAN_ELEMENTS // (2 * 64 * 256) + 1, 64)  # (b, L, d)
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mixer.core(u)
+    assert max(saved) < u.shape[0] * 64 * u.shape[1] * 256 / 8
+    torch.testing.assert_close(y, mixer.core_full(mixer.value_stream(u)[..., 0].transpose(1, 2)))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ess.experiments import memory_items, run_configs
-from ess.kernels import materialise
+from ess.kernels import materialise, materialise_by_rows
 from ess.layers import LayerOperator
-from ess.measure import model_ess
-from ess.metric import effective_state_size_naive
+from ess.measure import TOLERANCES, cheaper_path, layer_ess, model_ess
+from ess.metric import effective_state_size_naive, tolerance_ess
 from ess.models import LanguageModel, ModelConfig
 from ess.synthetic import runs_table
 from ess.tasks import TaskConfig
@@ -107,3 +107,63 @@ def test_runs_table_means_over_layers_and_joins_the_teacher():
         runs_table(metrics, layers[layers["run"] == "teacher"], tolerance=1e-3)
     with pytest.raises(ValueError, match="no ESS at tolerance 0.1"):
         runs_table(metrics, layers, tolerance=0.1)
+
+
+@pytest.mark.parametrize(
+    ("layers", "state_size"), [("GLA", 16), ("S6", 24), ("WLA,LA", 8), ("GLA-S6", 32)]
+)
+def test_both_exact_paths_give_the_same_ess_on_the_same_layers(layers, state_size):
+    """The realisation path and the dense path (T built row by row) on the same trained-model
+    layers: the same tolerance-ESS at every tau of E8, the same entropy-ESS up to the dense
+    path's rounding of the zero singular values; model_ess gives the same table either way."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=16, d_model=8, layers=layers, state_size=state_size)
+    model = LanguageModel(config)
+    inputs = torch.randint(0, 16, (2, 40), generator=torch.Generator().manual_seed(1))
+    for op in model.operators(inputs):
+        realisation, tss_r = layer_ess(op, spectrum=True, path="realisation")
+        dense, tss_d = layer_ess(op, spectrum=True, path="dense")
+        np.testing.assert_array_equal(tss_r, tss_d)
+        assert torch.equal(realisation.positions, dense.positions)
+        for tol in TOLERANCES:
+            assert torch.equal(
+                tolerance_ess(realisation.spectrum, tol, True),
+                tolerance_ess(dense.spectrum, tol, True),
+            ), (op.layer, tol)
+        torch.testing.assert_close(dense.entropy, realisation.entropy, rtol=1e-5, atol=0)
+    tables = [model_ess(model, inputs, path=path) for path in ("realisation", "dense")]
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=False, rtol=1e-5)
+
+
+def test_the_cheaper_path_is_dense_when_n_is_large_against_l():
+    """S6 at the paper's N 1024 and L 256 goes dense; a small state over a long sequence (E6's
+    Mamba layers: N 16, L 2048) takes the realisation; a bad path name is refused."""
+    assert cheaper_path(256, 1024, 255, channels=256) == "dense"
+    assert cheaper_path(2048, 16, 2047, channels=256) == "realisation"
+    op = LanguageModel(ModelConfig(vocab_size=16, d_model=8, layers="GLA")).operators(
+        torch.zeros(1, 8, dtype=torch.long)
+    )[0]
+    with pytest.raises(ValueError, match="path must be one of"):
+        layer_ess(op, path="fastest")
+
+
+def test_materialise_by_rows_is_materialise():
+    torch.manual_seed(0)
+    A, B, C = torch.rand(3, 2, 17, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        materialise_by_rows(A, B, C), materialise(A, B, C), rtol=0, atol=1e-12
+    )
+
+
+def test_model_ess_in_groups_of_sequences_is_model_ess_in_one(monkeypatch):
+    """Sequences measured in groups (here of 1, as a paper-size S6 cell's operators are)
+    give the table of one batch: the means weigh every sequence alike."""
+    import ess.measure
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=16, d_model=8, layers="SA,S6", state_size=4))
+    inputs = torch.randint(0, 16, (3, 12), generator=torch.Generator().manual_seed(1))
+    whole = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
+    monkeypatch.setattr(ess.measure, "OPERATOR_GROUP_BYTES", 1)
+    grouped = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
+    pd.testing.assert_frame_equal(grouped, whole, check_exact=False, rtol=1e-12)

@@ -16,6 +16,7 @@ from ess.synthetic import (
     accuracy_correlations,
     correlation_table,
     distillation_table,
+    downsampled_curve,
     experiment_runs,
     failure_mode_table,
     hybrid_column_name,
@@ -23,6 +24,7 @@ from ess.synthetic import (
     layer_table,
     model_level,
     pooled,
+    read_curves,
     reference_runs,
     regulariser_table,
     smoothed_curves,
@@ -401,3 +403,47 @@ def test_hybrid_column_names():
     assert hybrid_column_name("layer1_ess") == "layer 1 ESS"
     assert hybrid_column_name("layer0_utilisation") == "layer 0 ESS/TSS"
     assert hybrid_column_name("mixer") == "pattern" and hybrid_column_name("seed") == "seed"
+
+
+def _curve(steps: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    test = np.full(steps, np.nan)
+    test[9::10] = rng.random(len(test[9::10]))
+    return pd.DataFrame(
+        {
+            "step": np.arange(steps),
+            "loss": rng.random(steps),
+            "accuracy": rng.random(steps),
+            "lr": np.linspace(1, 0, steps),
+            "test_accuracy": test,
+        }
+    )
+
+
+def test_downsampled_curve_is_block_means_at_each_blocks_last_step():
+    """35 steps in at most 10 rows: blocks of 4 (the last of 3), means of loss, accuracy and
+    lr, the block's last step and last test score; a short curve is returned as it is."""
+    curve = _curve(35)
+    reduced = downsampled_curve(curve, 10)
+    assert len(reduced) == 9 and list(reduced.columns) == list(curve.columns)
+    for b, row in reduced.iterrows():
+        block = curve.iloc[4 * b : 4 * b + 4]
+        assert row["step"] == block["step"].iloc[-1]
+        for column in ("loss", "accuracy", "lr"):
+            assert row[column] == pytest.approx(block[column].mean(), rel=1e-12)
+        tests = block["test_accuracy"].dropna()
+        assert (math.isnan(row["test_accuracy"]) and tests.empty) or row["test_accuracy"] == (
+            tests.iloc[-1]
+        )
+    assert downsampled_curve(curve, 35) is curve
+    with pytest.raises(ValueError, match="max_points must be >= 1"):
+        downsampled_curve(curve, 0)
+
+
+def test_read_curves_labels_every_run(tmp_path):
+    paths = []
+    for name, steps in (("a", 12), ("b", 30)):
+        paths.append(tmp_path / f"{name}.csv")
+        _curve(steps).to_csv(paths[-1], index=False)
+    curves = read_curves(paths, ["run/a", "run/b"], max_points=10)
+    assert curves.groupby("run").size().to_dict() == {"run/a": 6, "run/b": 10}

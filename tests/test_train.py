@@ -1,23 +1,35 @@
 """ess.train: schedule, losses, determinism, checkpoints, distillation, and MQAR is learned."""
 
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ess.models import LanguageModel, ModelConfig
-from ess.tasks import IGNORE, TaskConfig
+from ess.tasks import IGNORE, TaskConfig, make_split
 from ess.train import (
+    Curves,
     TrainConfig,
     answer_accuracy,
     answer_loss,
+    batch_gradient,
     distillation_loss,
     learning_rate,
     load_checkpoint,
+    micro_batch_size_within,
     parameter_groups,
     save_checkpoint,
+    save_training_state,
     train,
+    training_fingerprint,
 )
 
 TINY_MODEL = ModelConfig(vocab_size=16, d_model=16, n_layers=2, layers="GLA", state_size=4)
@@ -143,3 +155,129 @@ def test_weight_decay_spares_biases_norms_and_decay_parameters():
     } <= spared_names
     assert "blocks.0.mixer.qk.weight" in {names[id(p)] for p in decayed["params"]}
     assert all(p.dim() < 2 or getattr(p, "_no_weight_decay", False) for p in spared["params"])
+
+
+def _parameter_gradients(model: LanguageModel) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("layers", "fields", "with_teacher"),
+    [
+        ("GLA", {}, False),
+        ("S6", {}, False),
+        ("SA", {}, False),
+        ("GLA", {"reg_lambda": 0.3}, False),
+        ("WLA", {"reg_lambda": 0.3, "reg_layers": (1,), "distill_weight": 0.5}, True),
+    ],
+)
+def test_accumulated_gradient_equals_the_whole_batch_gradient(layers, fields, with_teacher):
+    """float64: micro-batches of 3 (the last of 1) with unequal answer counts give the whole
+    batch's gradient and objective, for CE, the penalty and the KL to a teacher."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=16, d_model=16, n_layers=2, layers=layers, state_size=4)
+    model = LanguageModel(config).double()
+    teacher = LanguageModel(config).double().eval() if with_teacher else None
+    task = TaskConfig(vocab_size=16, seq_len=16, num_kv_pairs=3, n_train=64, n_test=32)
+    x, y = make_split(task, "train")
+    x, y = x[:7], y[:7].clone()
+    y[0, y[0] != IGNORE] = IGNORE  # one sequence without answers, one with a single answer
+    y[1, (y[1] != IGNORE).nonzero()[1:, 0]] = IGNORE
+    whole = TrainConfig(batch_size=7, **fields)
+    objective, accuracy = batch_gradient(model, x, y, whole, teacher)
+    expected = _parameter_gradients(model)
+    model.zero_grad(set_to_none=True)
+    micro = TrainConfig(batch_size=7, micro_batch_size=3, **fields)
+    objective_m, accuracy_m = batch_gradient(model, x, y, micro, teacher)
+    got = _parameter_gradients(model)
+    assert set(got) == set(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=0, atol=1e-6, msg=name)
+    assert objective_m == pytest.approx(objective, abs=1e-9)
+    assert accuracy_m == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_micro_batches_train_to_the_same_model():
+    """Training with micro-batches ends within float32 rounding of the whole-batch run."""
+    a = train(TINY_MODEL, TINY_TASK, TINY_TRAIN)
+    micro = TrainConfig(steps=4, batch_size=8, warmup_steps=1, micro_batch_size=3)
+    b = train(TINY_MODEL, TINY_TASK, micro)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    assert b.curves.loss == pytest.approx(a.curves.loss, rel=1e-5)
+
+
+RESUMABLE_RUN = """
+import json, sys, torch
+from ess.models import ModelConfig
+from ess.tasks import TaskConfig
+from ess.train import TrainConfig, save_checkpoint, train
+torch.set_num_threads(1)
+state, out = sys.argv[1] or None, sys.argv[2]
+model = ModelConfig(vocab_size=16, d_model=32, n_layers=2, layers="GLA", state_size=8)
+task = TaskConfig(vocab_size=16, seq_len=32, num_kv_pairs=2, n_train=256, n_test=32)
+config = TrainConfig(steps=300, batch_size=16, warmup_steps=10, eval_every=25,
+                     eval_sequences=16, resume_state=state, resume_every_steps=3)
+result = train(model, task, config)
+save_checkpoint(result.model, out + ".safetensors")
+with open(out + ".json", "w") as f:
+    json.dump(result.step_table(), f)
+"""
+
+
+def _resumable_run(tmp_path, state: str, out: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", RESUMABLE_RUN, state, str(tmp_path / out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_weights_and_curves(tmp_path):
+    """SIGKILL a real training process once its requeue state exists; the rerun resumes from
+    it and ends bit-identical (weights, curves) to an uninterrupted run. The state after the
+    last step is kept (for a kill during the final evaluation): a rerun from it trains no more."""
+    state = tmp_path / "resume.pt"
+    killed = _resumable_run(tmp_path, str(state), "killed")
+    while not state.exists() and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stdout.read()
+    saved = torch.load(state, weights_only=True)
+    assert 0 < saved["next_step"] < 300  # killed mid-way
+    resumed = _resumable_run(tmp_path, str(state), "resumed")
+    reference = _resumable_run(tmp_path, "", "reference")
+    log = resumed.communicate()[0]
+    assert resumed.returncode == 0 and reference.wait() == 0, log
+    assert "resumed from" in log, log
+    assert torch.load(state, weights_only=True)["next_step"] == 300
+    weights = [load_file(tmp_path / f"{name}.safetensors") for name in ("resumed", "reference")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[1].items():
+        assert torch.equal(weights[0][name], value), name
+    curves = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("resumed", "reference")]
+    assert curves[0] == curves[1]
+
+
+def test_a_resume_state_of_another_run_is_not_resumed(tmp_path):
+    """A state file written for another config (here: another lr) is ignored: step 0."""
+    state = str(tmp_path / "resume.pt")
+    short = TrainConfig(steps=6, batch_size=8, warmup_steps=1, resume_state=state)
+    model = LanguageModel(TINY_MODEL)
+    optimiser = torch.optim.AdamW(model.parameters())
+    save_training_state(state, training_fingerprint(short, ""), 3, model, optimiser, Curves())
+    other = TrainConfig(steps=6, batch_size=8, warmup_steps=1, lr=1e-2, resume_state=state)
+    result = train(TINY_MODEL, TINY_TASK, other)
+    assert len(result.curves.loss) == 6
+    assert train(TINY_MODEL, TINY_TASK, replace(other, resume_state=None)).curves == result.curves
+
+
+def test_micro_batch_size_within_a_budget():
+    assert micro_batch_size_within(256, 100.0, 1e6) is None  # the whole batch fits
+    assert micro_batch_size_within(256, 1e6, 64.5e6) == 64
+    with pytest.raises(ValueError, match="over the budget"):
+        micro_batch_size_within(256, 2e6, 1e6)
+    with pytest.raises(ValueError, match="must be > 0"):
+        micro_batch_size_within(256, 0.0, 1e6)

@@ -8,7 +8,9 @@ A diagonal recurrence, per head or channel, t = 0 .. L-1 and x_{-1} = 0:
 - `segment_sum`: the log decay products sum_{t=j+1..i} log A_t;
 - `operator_from_log_decay`: T from (log A, B, C), the closed form, vectorised;
 - `scan`: the recurrence step by step (diagonal or dense A), the slow, obvious reference;
+  `scan_from` the same from a given state (S6's chunked, recomputed scan resumes with it);
 - `materialise`: T from (A, B, C) by its definition: the scan of a unit impulse at every step;
+  `materialise_by_rows` the same for a diagonal A, one row of T per step, in O(N L) memory;
 - `scan_chunked`: the recurrence in chunks (GLA's chunkwise form), fast for training;
 - `attention_matrix`: softmax attention's T from its logits, causal (and windowed).
 
@@ -60,16 +62,24 @@ def scan(A: Tensor, B: Tensor, C: Tensor, u: Tensor) -> Tensor:
     (..., N, P): each of the P value channels has its own N-dimensional state driven by the
     shared (A, B, C).
     """
+    return scan_from(A, B, C, u, None)[0]
+
+
+def scan_from(
+    A: Tensor, B: Tensor, C: Tensor, u: Tensor, state: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """`scan` from the state x_{-1} = state (..., N, P) (None = 0): (y (..., L, P), x_{L-1})."""
     dense = A.ndim == B.ndim + 1
     Bu = (B[..., :, None] * u[..., None, :]).unbind(-3)  # L x (..., N, P)
     # unbind: one backward copy, not one per step; a diagonal A_t becomes a column (..., N, 1)
     A = A.unbind(-3) if dense else A[..., None].unbind(-3)
-    state = torch.zeros_like(Bu[0])
+    if state is None:
+        state = torch.zeros_like(Bu[0])
     states = []
     for A_t, Bu_t in zip(A, Bu, strict=True):
         state = Bu_t + (A_t @ state if dense else A_t * state)
         states.append(state)
-    return (C[..., None] * torch.stack(states, dim=-3)).sum(-2)
+    return (C[..., None] * torch.stack(states, dim=-3)).sum(-2), state
 
 
 def materialise(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -80,6 +90,24 @@ def materialise(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     """
     identity = torch.eye(B.shape[-2], dtype=B.dtype, device=B.device)
     return scan(A, B, C, identity)
+
+
+def materialise_by_rows(A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """`materialise` for a diagonal A, holding one state instead of all L: the impulse
+    responses X_i = A_i X_{i-1} + B_i e_i^T (..., N, L) and row i of T is C_i^T X_i.
+
+    A, B, C: (..., L, N) -> T: (..., L, L), in (..., N, L) + (..., L, L) memory where
+    `materialise` builds (..., L, N, L).
+    """
+    length = B.shape[-2]
+    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2], C.shape[:-2])
+    state = B.new_zeros(*batch, B.shape[-1], length)
+    T = B.new_zeros(*batch, length, length)
+    for i in range(length):
+        state = A[..., i, :, None] * state
+        state[..., i] = state[..., i] + B[..., i, :]
+        T[..., i, :] = (C[..., i, :, None] * state).sum(-2)
+    return T
 
 
 # Largest |log prod a_t| inside one chunk for which the factorised intra-chunk form is used:

@@ -47,14 +47,22 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from ess.kernels import attention_matrix, scan, scan_chunked
+from ess.kernels import attention_matrix, scan, scan_chunked, scan_from
 from ess.layers import LayerOperator
 
 if TYPE_CHECKING:
     from ess.models import ModelConfig
 
 MIXERS = ("SA", "SWA", "LA", "WLA", "GLA", "S6", "GLA-S6")
+
+# S6 builds A_t, B_t, C_t of shape (b, d_model, L, N) and its scan keeps a state per step for
+# the backward: memory b d L N several times over. Above this many elements per such tensor
+# (64 MB in float32) it scans in chunks of S6_SCAN_CHUNK steps, each recomputed in the backward
+# (`S6.core_chunked`), so that memory grows as b d N (L / chunk + chunk) instead.
+S6_FULL_SCAN_ELEMENTS = 2**24
+S6_SCAN_CHUNK = 32
 
 
 def _layer_operator(layer: int, mixer: str, tensors: dict, size: dict) -> LayerOperator:
@@ -341,10 +349,44 @@ class S6(nn.Module):
         return u.transpose(1, 2)[..., None]
 
     def _core(self, u: Tensor) -> Tensor:
-        """scan(A, B, C, u) + D u: (b, d, L, 1) from the featurised input u: (b, L, d)."""
+        """scan(A, B, C, u) + D u: (b, d, L, 1) from the featurised input u: (b, L, d), by
+        `core_full`, or by `core_chunked` when (b, d, L, N) exceeds S6_FULL_SCAN_ELEMENTS."""
+        b, length, d = u.shape
+        if b * d * length * self.state_size > S6_FULL_SCAN_ELEMENTS:
+            return self.core_chunked(u)
+        return self.core_full(u)
+
+    def core_full(self, u: Tensor) -> Tensor:
+        """`_core` with A, B, C (b, d, L, N) built whole and one scan."""
         log_a, B, C = self._realisation(u)
         values = self._values(u)
         return scan(torch.exp(log_a), B, C, values) + self.D[:, None, None] * values
+
+    def core_chunked(self, u: Tensor, chunk: int = S6_SCAN_CHUNK) -> Tensor:
+        """`_core` in chunks of `chunk` steps: each chunk builds its own A, B, C from dt,
+        B(u), C(u) (b, d, chunk, N), scans from the state the previous chunk left, and is
+        recomputed in the backward (activation checkpointing), so that only the states between
+        chunks (b, d, N) and one chunk's tensors are held. Same arithmetic as `core_full`."""
+        r, B_u, C_u = self.x_proj(u).split([self.dt_rank, self.state_size, self.state_size], -1)
+        dt = F.softplus(self.dt_proj(r) + self.dt_bias).transpose(1, 2)[..., None]  # (b, d, L, 1)
+        A = -torch.exp(self.A_log)  # (d, N)
+        values = self._values(u)
+        state = values.new_zeros(*values.shape[:2], self.state_size, 1)  # (b, d, N, 1)
+        ys = []
+        for start in range(0, u.shape[1], chunk):
+            steps = slice(start, start + chunk)
+            y, state = checkpoint(
+                _selective_scan_chunk,
+                dt[:, :, steps],
+                A,
+                B_u[:, steps],
+                C_u[:, steps],
+                values[:, :, steps],
+                state,
+                use_reentrant=False,
+            )
+            ys.append(y)
+        return torch.cat(ys, dim=2) + self.D[:, None, None] * values
 
     def realisation(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """log A, B, C: (b, d, L, N) (channels as heads)."""
@@ -372,6 +414,16 @@ class S6(nn.Module):
         log_a, B, C = self.realisation(x)
         tensors = {"A": torch.exp(log_a), "B": B, "C": C, "D": self.D.detach().clone()}
         return _layer_operator(layer, self.kind, tensors, {"d_state": self.state_size})
+
+
+def _selective_scan_chunk(
+    dt: Tensor, A: Tensor, B_u: Tensor, C_u: Tensor, values: Tensor, state: Tensor
+) -> tuple[Tensor, Tensor]:
+    """S6's scan over one chunk of l steps from `state`: dt (b, d, l, 1), A (d, N), B_u and
+    C_u (b, l, N), values (b, d, l, 1), state (b, d, N, 1) -> (y (b, d, l, 1), last state)."""
+    log_a = dt * A[None, :, None, :]  # (b, d, l, N)
+    C = C_u[:, None].expand_as(log_a)
+    return scan_from(torch.exp(log_a), dt * B_u[:, None], C, values, state)
 
 
 def make_mixer(kind: str, config: ModelConfig) -> nn.Module:

@@ -140,8 +140,9 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def operators(self, input_ids: Tensor) -> list[LayerOperator]:
         """Every layer's operator (module docstring) on input_ids (b, L), from one forward,
-        without gradients (for the ESS; the regulariser uses `transitions` instead)."""
-        _, mixer_inputs = self.forward_with_mixer_inputs(input_ids)
+        without gradients (for the ESS; the regulariser uses `transitions` instead). The head
+        is not applied: no (b, L, V) logits."""
+        _, mixer_inputs = self.hidden_with_mixer_inputs(input_ids)
         return [
             block.mixer.operator(x, layer)
             for layer, (block, x) in enumerate(zip(self.blocks, mixer_inputs, strict=True))
@@ -173,18 +174,30 @@ def transition_penalty(
     size, length and state size. layers=None takes every layer with a state-space realisation;
     naming an attention layer is an error.
     """
+    total = mixer_inputs[0].new_zeros(())
+    for A in regularised_transitions(model, mixer_inputs, layers).values():
+        total = total + torch.linalg.vector_norm(A - 1.0) / math.sqrt(A.numel())
+    return total
+
+
+def regularised_transitions(
+    model: LanguageModel, mixer_inputs: list[Tensor], layers: list[int] | None = None
+) -> dict[int, Tensor]:
+    """{layer l: A^l (b, H, L, N)} of the layers the E4 penalty reads (`transition_penalty`):
+    `layers`, or every layer with a state-space realisation (None); naming an attention
+    layer, or one out of range, is an error."""
     blocks = model.blocks
     if layers is None:
         layers = [i for i, b in enumerate(blocks) if b.kind not in ("SA", "SWA")]
-    total = mixer_inputs[0].new_zeros(())
+    transitions = {}
     for i in layers:
         if not 0 <= i < len(blocks):
             raise ValueError(f"regulariser layer {i} out of range for {len(blocks)} layers")
         A = blocks[i].mixer.transitions(mixer_inputs[i])
         if A is None:
             raise ValueError(f"regulariser layer {i} is {blocks[i].kind}: it has no transitions A")
-        total = total + torch.linalg.vector_norm(A - 1.0) / math.sqrt(A.numel())
-    return total
+        transitions[i] = A
+    return transitions
 
 
 def state_transition_regulariser(

@@ -350,7 +350,8 @@ def synthetic_ess_cost(specs: list[dict], n_sequences: int, device: str) -> Cost
     total = None
     for spec in specs:
         model, L = spec["model"], spec["task"]["seq_len"]
-        N, d, heads = model.get("state_size", 16), model.get("d_model", 64), model["n_heads"]
+        N, d = model.get("state_size", 16), model.get("d_model", 64)
+        heads = model.get("n_heads", 1)  # ModelConfig's default when the config leaves it out
         kinds = mixers_of(model.get("layers", "GLA"))
         layers = [kinds[i % len(kinds)] for i in range(model["n_layers"])]
         for kind in layers:

@@ -359,6 +359,51 @@ def tolerance_correlations(
     return table[["measure", "tolerance", *table.columns.drop(["measure", "tolerance"])]]
 
 
+def downsampled_curve(curve: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """One run's per-step curve (step, loss, accuracy, lr, test_accuracy, ...) in at most
+    max_points rows: consecutive blocks of k = ceil(steps / max_points) steps, each row the
+    block's mean loss, accuracy and lr at the block's last step, and the block's last test
+    score (evaluations are sparse). A curve of at most max_points steps comes back as it is."""
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    k = -(-len(curve) // max_points)
+    if k <= 1:
+        return curve
+    block = np.arange(len(curve)) // k
+    groups = curve.groupby(block, sort=True)
+    reduced = groups[["loss", "accuracy", "lr"]].mean()
+    reduced.insert(0, "step", groups["step"].last())
+    reduced["test_accuracy"] = groups["test_accuracy"].last()  # last non-null of the block
+    return reduced.reset_index(drop=True)
+
+
+def read_curves(paths: Sequence[str], runs: Sequence[str], max_points: int) -> pd.DataFrame:
+    """The curves.csv of every run, each `downsampled_curve` as it is read (so that memory
+    holds one full curve at a time), with a run column: one table."""
+    curves = [
+        downsampled_curve(pd.read_csv(path), max_points).assign(run=run)
+        for path, run in zip(paths, runs, strict=True)
+    ]
+    return pd.concat(curves, ignore_index=True)
+
+
+def aggregate_tables(
+    metrics: list[dict],
+    ess_paths: Sequence[str],
+    curve_paths: Sequence[str],
+    runs: Sequence[str],
+    tolerance: float,
+    curve_points: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Rule aggregate_synthetic's three tables: `runs_table` of the runs' metrics (with their
+    labels) and their ESS parquet files, and `read_curves` of their curves.csv files (in the
+    order of `runs`). Memory: the metrics and ESS rows (a few per run) and one full curve at a
+    time beside the reduced ones."""
+    layers = pd.concat([pd.read_parquet(path) for path in ess_paths], ignore_index=True)
+    run_rows, layer_rows = runs_table(pd.DataFrame(metrics), layers, tolerance)
+    return run_rows, layer_rows, read_curves(curve_paths, runs, curve_points)
+
+
 def smoothed_curves(curves: pd.DataFrame, window: int) -> pd.DataFrame:
     """Training curves (run, step, loss, accuracy, ...) with loss and accuracy replaced by
     their trailing means over `window` steps, per run (fewer at a run's start)."""

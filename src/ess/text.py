@@ -446,7 +446,7 @@ def train_language_model(
     Returns (the model in eval mode on the CPU, the loss of every step).
     """
     from ess.models import LanguageModel
-    from ess.train import fit
+    from ess.train import fit, loss_gradient
 
     if int(tokens.max()) >= model_config.vocab_size:
         raise ValueError(
@@ -462,5 +462,5 @@ def train_language_model(
         logits = model(batch[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()), None
 
-    losses = fit(model, windows.shape[0], batch_loss, train_config).loss
+    losses = fit(model, windows.shape[0], loss_gradient(batch_loss), train_config).loss
     return model.cpu().eval(), losses

@@ -112,6 +112,20 @@ def planned(rule, key):
     return resource
 
 
+def planned_spec(spec, run):
+    """A synthetic run's spec, with the micro-batch that the plan chose to fit the GPU
+    (ess.plan.micro_batch_size) when it is smaller than the batch: the train job then
+    accumulates its gradient over micro-batches (ess.train.batch_gradient). A run that fits,
+    and every CPU run, keeps its spec as the config states it."""
+    notes = planned_jobs()[("train_synthetic", run)].notes
+    if notes["micro_batch_size"] >= notes["batch_size"]:
+        return spec
+    return {
+        **spec,
+        "train": {**spec["train"], "micro_batch_size": notes["micro_batch_size"]},
+    }
+
+
 @functools.cache
 def planned_jobs():
     """Every job of the plan by (rule, name): built once per process, when first asked."""

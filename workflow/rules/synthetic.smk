@@ -84,7 +84,9 @@ rule train_synthetic:
         runtime=planned("train_synthetic", "runtime"),
         gpu=planned("train_synthetic", "gpu"),
     params:
-        spec=lambda wildcards: run_of(SYNTHETIC_RUNS, wildcards.run).spec,
+        spec=lambda wildcards: planned_spec(
+            run_of(SYNTHETIC_RUNS, wildcards.run).spec, wildcards.run
+        ),
         labels=lambda wildcards: run_of(
             SYNTHETIC_RUNS, wildcards.run
         ).labels.job_labels(),
@@ -127,6 +129,7 @@ rule measure_synthetic_ess:
     params:
         runs=lambda wildcards: SYNTHETIC_CELLS[wildcards.cell],
         n_sequences=config["synthetic"]["ess"]["n_sequences"],
+        device=config["synthetic"]["ess"]["device"],
         tolerances=config["synthetic"]["ess"]["tolerances"],
         relative=config["ess"]["relative"],
     message:
@@ -160,6 +163,7 @@ rule aggregate_synthetic:
             for key, run in SYNTHETIC_RUNS.items()
         },
         tolerance=config["ess"]["tolerance"],
+        curve_points=config["synthetic"]["curve_points"],
     message:
         "Synthetic runs: one table of accuracy and ESS per run and per layer"
     script:

@@ -1,15 +1,15 @@
 """Rule aggregate_synthetic: every run's scores, ESS and curves in three tables
 (ess.synthetic.runs_table): per run (mean over layers at ess.tolerance), per layer and tau, and
-per training step."""
+per training step (each run's curve in at most synthetic.curve_points rows, block means,
+ess.synthetic.read_curves: bounded memory at paper.yaml's 1,944 runs x 35,000 steps)."""
 
 import json
 from pathlib import Path
 
-import pandas as pd
 from workflow_job import record, start
 
 from ess.provenance import atomic_output
-from ess.synthetic import runs_table
+from ess.synthetic import aggregate_tables
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
@@ -17,14 +17,13 @@ metrics = [json.loads(Path(path).read_text()) for path in smk.input.metrics]
 for m in metrics:  # the structured labels of the grid (ess.experiments.Labels) join the scores
     m.update(smk.params.labels[m["run"]])
     del m["spec"]
-layers = pd.concat([pd.read_parquet(path) for path in smk.input.ess], ignore_index=True)
-runs, layers = runs_table(pd.DataFrame(metrics), layers, smk.params.tolerance)
-curves = pd.concat(
-    [
-        pd.read_csv(path).assign(run=run)
-        for path, run in zip(smk.input.curves, smk.params.runs, strict=True)
-    ],
-    ignore_index=True,
+runs, layers, curves = aggregate_tables(
+    metrics,
+    smk.input.ess,
+    smk.input.curves,
+    smk.params.runs,
+    smk.params.tolerance,
+    smk.params.curve_points,
 )
 for frame, path in (
     (runs, smk.output.runs),

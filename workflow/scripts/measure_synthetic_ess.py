@@ -1,5 +1,6 @@
 """Rule measure_synthetic_ess: the ESS of every layer of each trained model of one cell (its
-seeds) on the first n test sequences, at every tau (ess.measure.model_ess)."""
+seeds) on the first n test sequences, at every tau (ess.measure.model_ess), on
+synthetic.ess.device; each recurrence by the cheaper exact path for its L and N."""
 
 from pathlib import Path
 
@@ -22,6 +23,7 @@ for run, model_path, output in runs:
         inputs[: smk.params.n_sequences],
         smk.params.tolerances,
         smk.params.relative,
+        device=smk.params.device,
     )
     table.insert(0, "run", run)
     print(table.to_string(), flush=True)

@@ -1,7 +1,12 @@
 """Rule train_synthetic: one synthetic-task run (ess.train.train) from its spec; writes the
-checkpoint (safetensors), the per-step curves and the test scores."""
+checkpoint (safetensors), the per-step curves and the test scores.
+
+Requeue: the training state is kept in resume.pt beside the outputs (TrainConfig.resume_state,
+written every resume_every_steps / resume_every_minutes of the spec); a rerun of a killed or
+timed-out job continues from it; it is deleted once every output is written."""
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +22,8 @@ smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 torch.set_num_threads(smk.threads)
 model_config, task_config, train_config = run_configs(smk.params.spec)
+resume_state = Path(smk.output.model).with_name("resume.pt")
+train_config = dataclasses.replace(train_config, resume_state=str(resume_state))
 splits = load_split(smk.input.train, task_config), load_split(smk.input.test, task_config)
 teacher = load_checkpoint(smk.input.teacher[0]) if smk.input.teacher else None
 print(f"model {model_config}\ntask {task_config}\ntrain {train_config}", flush=True)
@@ -45,6 +52,7 @@ metrics = {
 }
 with atomic_output(Path(smk.output.metrics)) as temporary:
     temporary.write_text(json.dumps(metrics, indent=2) + "\n")
+resume_state.unlink(missing_ok=True)
 record(
     smk,
     [smk.output.model, smk.output.curves, smk.output.metrics],
