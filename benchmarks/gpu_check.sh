@@ -204,7 +204,7 @@ echo "## E6 paper shapes on CUDA"
 
 # 5. bf16 capture on CUDA: the Falcon-Mamba and Llama stand-ins (tests/standins.py) in bf16 at
 # L 2048, captured on the GPU and on the CPU; per-layer mean ESS must agree within 2% (bf16
-# kernels round differently on each device; docs/method.md, "bf16 against float32 capture").
+# kernels round differently on each device; docs/method.md, E6).
 "$PYTHON" - "$ROOT" "$WORK" <<'EOF'
 import sys
 from pathlib import Path

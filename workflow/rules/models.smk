@@ -5,7 +5,6 @@
 
 
 rule fetch_model:
-    localrule: config["fetch"]["on_submit_node"]
     output:
         model=directory("results/models/{model}/fetched"),
         manifest="results/models/{model}/fetched.manifest.json",
@@ -13,6 +12,7 @@ rule fetch_model:
         "results/logs/fetch_model/{model}.log",
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
+    localrule: config["fetch"]["on_submit_node"]
     conda:
         "../../envs/torch.yaml"
     resources:
