@@ -8,10 +8,12 @@ Cases (a layer of random factors with the shapes ess.hf captures, written as an 
 by ess.layers.save_operators, as rule capture_operators does):
 
 - attention: one 32-head layer (8 key/value heads, head_dim 128: Llama 3 8B, Mistral 7B) at
-  L 2048, position_stride 1. A whole layer takes about a quarter of an hour of one core here, so
-  it is measured twice: every split of `--attention-heads` heads (the time per head, which the
-  whole layer's time is that many times), and all 32 heads at position_stride 64 (the layer's T
-  is built for every head, so this is the job's peak memory);
+  L 2048, position_stride 1. A whole layer takes about a quarter of an hour of one core, more
+  on a loaded machine, so by default every split of 1 and of 2 of its heads is measured
+  (channel_stride 32 and 16) and the whole layer is extrapolated linearly in the number of
+  heads, time and peak both (the dense path builds T for the measured heads only, and treats
+  heads one after another): a row with basis "extrapolated". `--attention-heads 32` measures
+  the whole layer instead (gpu_check.sh does, on a GPU);
 - mamba: one Falcon-Mamba-7B-shaped layer: 8192 channels kept at channel_stride 32
   (ess.sequence_ess.capture_channels: 256 channels), d_state 16, L 2048, position_stride 1.
 
@@ -125,23 +127,45 @@ def run_case(path: Path, channel_stride: int, position_stride: int, threads: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cases(quick: bool, attention_heads: int) -> list[dict]:
+def cases(quick: bool, attention_heads: list[int]) -> list[dict]:
     """The cases: paper shapes, or small L for a smoke test."""
     length = 256 if quick else 2048
     mamba = {"kind": "mamba", "channels": 8192, "d_state": 16, "length": length, "stride": 32}
+    attention = {"kind": "attention", "heads": 32, "kv": 8, "d": 128, "length": length}
     return [
         {**mamba, "position_stride": 1, "basis": "measured: every kept channel, every split"},
-        {
-            "kind": "attention", "heads": 32, "kv": 8, "d": 128, "length": length,
-            "channel_stride": 32 // attention_heads, "position_stride": 1,
-            "basis": f"measured: {attention_heads} of 32 heads, every split",
-        },
-        {
-            "kind": "attention", "heads": 32, "kv": 8, "d": 128, "length": length,
-            "channel_stride": 1, "position_stride": 64,
-            "basis": "measured: all 32 heads, every 64th split (the layer's peak memory)",
-        },
+        *(
+            {
+                **attention, "channel_stride": 32 // heads, "position_stride": 1,
+                "basis": f"measured: {heads} of 32 heads, every split",
+            }
+            for heads in attention_heads
+        ),
     ]  # fmt: skip
+
+
+def extrapolated(rows: list[dict], n_heads: int) -> dict | None:
+    """The whole attention layer, linear in the heads through the two smallest measured rows:
+    value(H) = value(h1) + (H - h1) (value(h2) - value(h1)) / (h2 - h1)."""
+    measured = sorted(
+        (row for row in rows if row["kind"] == "attention"), key=lambda r: r["heads_or_channels"]
+    )
+    if len(measured) < 2 or measured[-1]["heads_or_channels"] >= n_heads:
+        return None
+    first, second = measured[:2]
+    h1, h2 = first["heads_or_channels"], second["heads_or_channels"]
+
+    def line(key: str) -> float:
+        return first[key] + (n_heads - h1) * (second[key] - first[key]) / (h2 - h1)
+
+    return {
+        **second,
+        "heads_or_channels": n_heads,
+        "peak_rss_mb": round(line("peak_rss_mb")),
+        "seconds": round(line("seconds"), 1),
+        "wall_seconds": "",
+        "basis": f"extrapolated: linear in heads from the {h1}- and {h2}-head rows",
+    }
 
 
 def main() -> None:
@@ -149,7 +173,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--attention-heads", type=int, default=2, choices=[1, 2, 4, 8, 16, 32])
+    parser.add_argument(
+        "--attention-heads", type=int, nargs="+", default=[1, 2], choices=[1, 2, 4, 8, 16, 32],
+        help="heads of the 32-head layer to measure (default 1 2: the layer is extrapolated)",
+    )  # fmt: skip
     parser.add_argument("--csv", type=Path, default=CSV_PATH)
     args = parser.parse_args()
     rows = []
@@ -182,6 +209,9 @@ def main() -> None:
                 }
             )
             print(rows[-1], file=sys.stderr, flush=True)
+    whole = extrapolated(rows, 32)
+    if whole is not None:
+        rows.append(whole)
     if not args.quick:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         temporary = args.csv.with_suffix(".csv.tmp")

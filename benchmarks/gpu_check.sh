@@ -199,7 +199,7 @@ EOF
 # d_state 16), each in a fresh process, as benchmarks/e6_paper_shapes.py does on the CPU (its
 # CSV, benchmarks/calibration/e6_paper_shapes.csv, holds the CPU rows to compare with).
 echo "## E6 paper shapes on CUDA"
-"$PYTHON" "$ROOT/benchmarks/e6_paper_shapes.py" --device cuda --attention-heads 32 \
+"$PYTHON" "$ROOT/benchmarks/e6_paper_shapes.py" --device cuda --attention-heads 2 32 \
     --csv "$WORK/e6_paper_shapes_cuda.csv"
 
 # 5. bf16 capture on CUDA: the Falcon-Mamba and Llama stand-ins (tests/standins.py) in bf16 at
