@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
 def standin_config(hf_home: Path, commits: dict[str, str], standins: dict) -> dict:
     """config/paper.yaml with its models replaced by the stand-ins (pinned to their commits,
-    allow_unpinned removed) and thinned in counts: 2 layers, one attention head of 4 measured,
-    one seed, one delimiter and one control, 4 recall orders, position stride 256, 200
+    allow_unpinned removed) and thinned in counts: 2 layers in one job, one attention head of 4
+    measured, one seed, one delimiter and one control, 4 recall orders, position stride 256, 200
     bootstraps; operator files kept."""
     config = copy.deepcopy(PAPER)
     for name, model in config["models"].items():
@@ -56,6 +56,7 @@ def standin_config(hf_home: Path, commits: dict[str, str], standins: dict) -> di
         )
         # attention: one head of 4 (the dense path at L 2048 costs seconds per head)
         model.setdefault("channel_stride", standin.n_heads)
+        model["layers_per_job"] = None  # both layers in one job: a job costs seconds to start
     config["e6"].update(
         delimiters=["eos"],
         controls=["removed"],
@@ -116,7 +117,7 @@ def hub_run(tmp_path_factory):
     (workdir / "config").mkdir(parents=True)
     config = standin_config(hf_home, commits, standins)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake(workdir, "-c2", *targets(), timeout=1500)
+    run = snakemake(workdir, "-c2", *targets(), timeout=2400)
     assert run.returncode == 0, run.stderr[-6000:] + run.stdout[-3000:]
     return workdir, config, commits
 
