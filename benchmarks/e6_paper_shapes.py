@@ -10,10 +10,11 @@ by ess.layers.save_operators, as rule capture_operators does):
 - attention: one 32-head layer (8 key/value heads, head_dim 128: Llama 3 8B, Mistral 7B) at
   L 2048, position_stride 1. A whole layer takes about a quarter of an hour of one core, more
   on a loaded machine, so by default every split of 1 and of 2 of its heads is measured
-  (channel_stride 32 and 16) and the whole layer is extrapolated linearly in the number of
-  heads, time and peak both (the dense path builds T for the measured heads only, and treats
-  heads one after another): a row with basis "extrapolated". `--attention-heads 32` measures
-  the whole layer instead (gpu_check.sh does, on a GPU);
+  (channel_stride 32 and 16), and all 32 heads at split 1 only (seconds: the dense path
+  holds T for every head at once, whatever the splits, so this is the layer's peak memory). The
+  whole layer at every split is then a row with basis "extrapolated": its time linear in the
+  heads (heads are swept one after another), its peak the 32-head row's.
+  `--attention-heads 32` measures the whole layer instead (gpu_check.sh does, on a GPU);
 - mamba: one Falcon-Mamba-7B-shaped layer: 8192 channels kept at channel_stride 32
   (ess.sequence_ess.capture_channels: 256 channels), d_state 16, L 2048, position_stride 1.
 
@@ -141,30 +142,37 @@ def cases(quick: bool, attention_heads: list[int]) -> list[dict]:
             }
             for heads in attention_heads
         ),
+        {
+            **attention, "channel_stride": 1, "position_stride": length,
+            "basis": "measured: all 32 heads at split 1 only (the layer's peak memory: T is "
+            "built for every head at once)",
+        },
     ]  # fmt: skip
 
 
 def extrapolated(rows: list[dict], n_heads: int) -> dict | None:
-    """The whole attention layer, linear in the heads through the two smallest measured rows:
-    value(H) = value(h1) + (H - h1) (value(h2) - value(h1)) / (h2 - h1)."""
-    measured = sorted(
-        (row for row in rows if row["kind"] == "attention"), key=lambda r: r["heads_or_channels"]
+    """The whole attention layer at every split: its time linear in the heads through the two
+    smallest rows measured at every split, time(H) = t(h1) + (H - h1) (t(h2) - t(h1)) /
+    (h2 - h1) (heads are swept one after another); its peak the one measured with all heads at
+    one split (the dense path holds T for every head at once, whatever the splits)."""
+    every_split = sorted(
+        (r for r in rows if r["kind"] == "attention" and r["position_stride"] == 1),
+        key=lambda r: r["heads_or_channels"],
     )
-    if len(measured) < 2 or measured[-1]["heads_or_channels"] >= n_heads:
+    whole = [r for r in rows if r["kind"] == "attention" and r["heads_or_channels"] == n_heads]
+    if len(every_split) < 2 or not whole or every_split[-1]["heads_or_channels"] >= n_heads:
         return None
-    first, second = measured[:2]
+    first, second = every_split[:2]
     h1, h2 = first["heads_or_channels"], second["heads_or_channels"]
-
-    def line(key: str) -> float:
-        return first[key] + (n_heads - h1) * (second[key] - first[key]) / (h2 - h1)
-
+    slope = (second["seconds"] - first["seconds"]) / (h2 - h1)
     return {
         **second,
         "heads_or_channels": n_heads,
-        "peak_rss_mb": round(line("peak_rss_mb")),
-        "seconds": round(line("seconds"), 1),
+        "peak_rss_mb": whole[0]["peak_rss_mb"],
+        "seconds": round(first["seconds"] + (n_heads - h1) * slope, 1),
         "wall_seconds": "",
-        "basis": f"extrapolated: linear in heads from the {h1}- and {h2}-head rows",
+        "basis": f"extrapolated: time linear in heads from the {h1}- and {h2}-head rows, "
+        f"peak from the {n_heads}-head row at split 1",
     }
 
 
