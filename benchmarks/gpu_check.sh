@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check, under 10 minutes on one GPU: the ESS benchmark with the fast paths on CUDA, then a
+# GPU check, under 15 minutes on one GPU: the ESS benchmark with the fast paths on CUDA, then a
 # small workflow slice (one SmolLM2 extraction and one synthetic training run) with
-# `device: cuda` beside the same slice with `device: cpu`. Prints a markdown table to paste
+# `device: cuda` beside the same slice with `device: cpu`, then E6's paper shapes on CUDA
+# (benchmarks/e6_paper_shapes.py) and bf16 capture on CUDA against the CPU. Prints a markdown table to paste
 # into benchmarks/README.md. Fails loudly without CUDA, and when a GPU result differs from the
 # CPU one.
 #
@@ -193,4 +194,54 @@ for row in rows:
 if failures:
     sys.exit("gpu_check.sh: FAILED: " + "; ".join(failures))
 EOF
+# 4. E6 at config/paper.yaml's shapes on the GPU (issue 24): a whole 32-head attention layer at
+# L 2048, position_stride 1, and a Falcon-Mamba-shaped layer (8192 channels, channel_stride 32,
+# d_state 16), each in a fresh process, as benchmarks/e6_paper_shapes.py does on the CPU (its
+# CSV, benchmarks/calibration/e6_paper_shapes.csv, holds the CPU rows to compare with).
+echo "## E6 paper shapes on CUDA"
+"$PYTHON" "$ROOT/benchmarks/e6_paper_shapes.py" --device cuda --attention-heads 2 32 \
+    --csv "$WORK/e6_paper_shapes_cuda.csv"
+
+# 5. bf16 capture on CUDA: the Falcon-Mamba and Llama stand-ins (tests/standins.py) in bf16 at
+# L 2048, captured on the GPU and on the CPU; per-layer mean ESS must agree within 2% (bf16
+# kernels round differently on each device; docs/method.md, E6).
+"$PYTHON" - "$ROOT" "$WORK" <<'EOF'
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+root, work = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root / "tests"))
+from standins import build_standin  # noqa: E402
+
+from ess.fetch import load_causal_lm  # noqa: E402
+from ess.hf import capture_operators  # noqa: E402
+from ess.sequence_ess import capture_channels, mixer_ess  # noqa: E402
+
+failures = []
+print("| stand-in (bf16, L 2048) | layer | mean ESS, CPU capture | mean ESS, CUDA capture |")
+print("|---|---|---|---|")
+for family in ("falcon_mamba", "llama"):
+    standin = build_standin(family, work / "standins" / family, torch.bfloat16)
+    ids = torch.randint(0, 300, (2048,), generator=torch.Generator().manual_seed(0))
+    means = {}
+    for device in ("cpu", "cuda"):
+        model, _ = load_causal_lm(standin.directory, torch.bfloat16)
+        ops = capture_channels(capture_operators(model.to(device), ids), 32)
+        assert all(torch.isfinite(t).all() for op in ops for t in op.tensors.values())
+        positions = np.arange(1, 2048, 64)
+        means[device] = [
+            mixer_ess(op, 0, positions, 1, 1e-3, [1e-3], True, "cuda")["ess_tolerance"].mean()
+            for op in ops
+        ]
+    for layer, (cpu, gpu) in enumerate(zip(means["cpu"], means["cuda"])):
+        print(f"| {family} | {layer} | {cpu:.2f} | {gpu:.2f} |")
+        if abs(gpu - cpu) > 0.02 * cpu:
+            failures.append(f"{family} layer {layer}: {gpu:.2f} (CUDA) vs {cpu:.2f} (CPU)")
+if failures:
+    sys.exit("gpu_check.sh: FAILED: bf16 capture on CUDA: " + "; ".join(failures))
+EOF
+
 echo "gpu_check.sh: passed in $((SECONDS - started)) s (scratch: $WORK)"

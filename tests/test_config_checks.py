@@ -229,9 +229,31 @@ BAD_CONFIGS = [
         setter("models.smollm2.train", {"layers": "SA"}),
         ["models.smollm2.train is set", "only applies to source train:jargon"],
     ),
+    (
+        "hf_source_on_a_branch",
+        setter("models.smollm2.source", "hf:HuggingFaceTB/SmolLM2-135M@main"),
+        ["models.smollm2.source", "revision 'main'", "40-hex commit", "ess pin", "allow_unpinned"],
+    ),
+    (
+        "hf_source_on_a_branch_not_allowed_for_this_model",
+        both(
+            setter("allow_unpinned", True),
+            both(
+                setter("models.smollm2.source", "hf:HuggingFaceTB/SmolLM2-135M@v1.0"),
+                setter("models.smollm2.allow_unpinned", False),
+            ),
+        ),
+        ["models.smollm2.source", "revision 'v1.0'", "models.smollm2.allow_unpinned"],
+    ),
 ]
-# Refused by a real `snakemake -n all` too: the three the issue found passing the dry run.
-DRY_RUN = ["mqar_kv_vs_vocab", "e6_n_tokens_below_windows", "e6_before_longer_than_sequence"]
+# Refused by a real `snakemake -n all` too: the three the issue found passing the dry run, and
+# a Hub source on a branch (issue 24).
+DRY_RUN = [
+    "mqar_kv_vs_vocab",
+    "e6_n_tokens_below_windows",
+    "e6_before_longer_than_sequence",
+    "hf_source_on_a_branch",
+]
 
 
 def bad_config(change) -> dict:
@@ -278,6 +300,16 @@ def test_bad_config_is_refused_by_the_dry_run(case, tmp_path):
     assert "Job stats" not in output  # refused before the DAG, so before any job
     for word in words:
         assert word in output, f"{word!r} not in: {output[-3000:]}"
+
+
+@pytest.mark.parametrize(
+    "allow", [setter("allow_unpinned", True), setter("models.smollm2.allow_unpinned", True)]
+)
+def test_a_branch_passes_where_the_config_allows_it(allow):
+    config = bad_config(setter("models.smollm2.source", "hf:HuggingFaceTB/SmolLM2-135M@main"))
+    allow(config)
+    validate(config, str(SCHEMA))
+    check_config(config)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))

@@ -221,3 +221,30 @@ def test_atomic_output_requires_the_block_to_write(tmp_path):
         with atomic_output(tmp_path / "never.csv"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_named_by_several_manifests_is_hashed_once_per_job(tmp_path, monkeypatch):
+    """One job writes a manifest per seed, each naming the same model directory: with a shared
+    memo (workflow_job.INPUT_HASHES) the directory is hashed once, and every manifest records
+    the hash a fresh hash gives."""
+    import ess.provenance as provenance
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"w" * 1000)
+    hashed = []
+    real = provenance.sha256_path
+    monkeypatch.setattr(provenance, "sha256_path", lambda path: hashed.append(path) or real(path))
+    memo: dict[str, str] = {}
+    for seed in range(3):
+        output = tmp_path / f"ops{seed}.safetensors"
+        output.write_bytes(bytes([seed]))
+        provenance.write_manifest(output, inputs=[model], config={}, input_hashes=memo)
+    assert [Path(path).name for path in hashed].count("model") == 1
+    recorded = {
+        json.loads(manifest_path(tmp_path / f"ops{seed}.safetensors").read_text())["inputs"][0][
+            "sha256"
+        ]
+        for seed in range(3)
+    }
+    assert recorded == {sha256_tree(model)}

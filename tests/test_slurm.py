@@ -313,7 +313,8 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         for ext in ("csv", "md", "tex"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
 
-    # One SLURM job per non-local job of the DAG (`all` is a localrule), none retried.
+    # One SLURM job per non-local job of the DAG, none retried. Local: `all`, and fetch_model
+    # (fetch.on_submit_node, default true: the submitting node has the network).
     stats = job_stats(log)
     assert stats == {
         "fetch_model": 1,
@@ -327,10 +328,11 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "e6_table": len(TABLES),
         "all": 1,
     }, stats
-    non_local = sum(stats.values()) - stats["all"]
+    local = {"all", "fetch_model"}
+    non_local = sum(n for rule, n in stats.items() if rule not in local)
     assert len(ids) == len(set(ids)) == non_local, jobs
     assert sorted(rule for rule, _ in jobs) == sorted(
-        rule for rule, n in stats.items() if rule != "all" for _ in range(n)
+        rule for rule, n in stats.items() if rule not in local for _ in range(n)
     ), jobs
     assert all(acct[j]["State"] == "COMPLETED" for j in ids), acct
     run_id = re.search(r"SLURM run ID: (\S+)", log)[1]  # the plugin's job name
@@ -362,6 +364,8 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
     ):
         print(f"    {rule:19} {job_log:50} slurm_job_id {', '.join(map(str, job_ids))}")
     assert all(len(job_ids) == 1 for job_ids in ids_of_job.values()), ids_of_job
+    fetched = [job for job in ids_of_job if job[0] == "fetch_model"]
+    assert [ids_of_job.pop(job) for job in fetched] == [{None}], "fetched on the submitting node"
     manifest_ids = {job: next(iter(job_ids)) for job, job_ids in ids_of_job.items()}
     assert len(manifest_ids) == non_local, "every job writes at least one manifest"
     assert len(set(manifest_ids.values())) == len(manifest_ids), manifest_ids

@@ -277,6 +277,35 @@ def run_families(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--configfile", type=Path, required=True,
+        help="the workflow config to rewrite in place (e.g. config/paper.yaml)",
+    )  # fmt: skip
+
+
+def run_pin(args: argparse.Namespace) -> int:
+    """Resolve each hf: branch of the config to its Hub commit and rewrite the file."""
+    from ess.fetch import FetchError
+    from ess.pin import pin_config
+
+    try:
+        pinned = pin_config(args.configfile)
+    except (FetchError, OSError) as error:
+        print(f"ess pin: {error}", file=sys.stderr)
+        return 1
+    for name, (old, new) in pinned.items():
+        print(f"{name}: {old} -> {new}")
+    if pinned:
+        print(
+            f"pinned {len(pinned)} source(s) in {args.configfile}; allow_unpinned is no longer "
+            f"needed for them: delete those lines"
+        )
+    else:
+        print(f"every hf: source in {args.configfile} is already a commit")
+    return 0
+
+
 SUBCOMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
@@ -284,6 +313,11 @@ SUBCOMMANDS: dict[
         "re-hash every file in the manifest chain behind results",
         add_audit_arguments,
         run_audit,
+    ),
+    "pin": (
+        "rewrite a config's hf: branches to the Hub commits they name now (needs Hub access)",
+        add_pin_arguments,
+        run_pin,
     ),
     "plan": (
         "estimate every job's memory, GPU memory, time and disk for a config, and check them "

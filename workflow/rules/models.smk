@@ -1,5 +1,7 @@
 # Model weights: fetch once per model (pinned source, sha256 checked), then convert to a plain
-# transformers directory (a GGUF is dequantised to safetensors once, here).
+# transformers directory (a GGUF is dequantised to safetensors once, here). fetch_model is the
+# only job that may reach the Hub: with fetch.on_submit_node it runs on the node that runs
+# snakemake (a cluster's login node has the network, its compute nodes often do not).
 
 
 rule fetch_model:
@@ -10,6 +12,7 @@ rule fetch_model:
         "results/logs/fetch_model/{model}.log",
     benchmark:
         "results/benchmarks/fetch_model/{model}.tsv"
+    localrule: config["fetch"]["on_submit_node"]
     conda:
         "../../envs/torch.yaml"
     resources:
@@ -18,6 +21,8 @@ rule fetch_model:
     params:
         source=lambda wildcards: model_config(wildcards.model)["source"],
         sha256=lambda wildcards: model_config(wildcards.model)["sha256"],
+        gguf_file=lambda wildcards: model_config(wildcards.model)["gguf_file"],
+        hf_home=config["fetch"]["hf_home"],
     message:
         "Fetching the weights of {wildcards.model} from {params.source}"
     script:

@@ -36,6 +36,7 @@ rule capture_operators:
         condition=lambda wildcards: e6_condition(wildcards.task),
         dtype=lambda wildcards: model_config(wildcards.model)["dtype"],
         device=lambda wildcards: model_config(wildcards.model)["device"],
+        channel_stride=lambda wildcards: model_config(wildcards.model)["channel_stride"],
         trust_remote_code=lambda wildcards: model_config(wildcards.model)[
             "trust_remote_code"
         ],

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from ess.provenance import write_manifest
 
+# sha256 of each input this job has recorded: a model directory or operator file named by
+# several manifests (one per seed) is hashed once per job.
+INPUT_HASHES: dict[str, str] = {}
+
 
 def start(smk) -> float:
     """Send this job's stdout, stderr and logging to its log file; return the start time."""
@@ -41,6 +45,7 @@ def record(smk, outputs, inputs, started: float, seeds: dict | None = None, **ex
             seeds=seeds,
             started=started,
             extra=extra,
+            input_hashes=INPUT_HASHES,
         )
 
 
