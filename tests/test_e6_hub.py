@@ -68,7 +68,7 @@ def standin_config(hf_home: Path, commits: dict[str, str], standins: dict) -> di
     config["ess"]["position_stride"] = 256
     config["stats"]["n_boot"] = 200
     config["fetch"] = {"on_submit_node": True, "hf_home": str(hf_home)}
-    config["resources"] = {"default": {"threads": 1, "gpu": 0}}
+    config["resources"] = {"default": {"threads": 1}}
     config["keep_operators"] = True  # paper.yaml drops them; the test reads what was stored
     return config
 

@@ -273,13 +273,6 @@ def _ess_cost(cpu: float, peak: float, device: str) -> Cost:
     )
 
 
-def cheaper_ess_route(seq_len: int, state_size: int, operators: int, splits: int) -> str:
-    """ "dense" or "realisation": the exact path that costs less CPU time for a recurrence."""
-    dense = dense_cost(seq_len, operators, splits).cpu_seconds
-    realisation = realisation_cost(seq_len, state_size, operators).cpu_seconds
-    return "dense" if dense < realisation else "realisation"
-
-
 def split_bytes(n_examples: int, seq_len: int) -> float:
     """A task split on disk and in memory: inputs and targets, int64, (n, L) each."""
     return 2 * 8 * n_examples * seq_len

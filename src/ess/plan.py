@@ -185,14 +185,20 @@ def e6_splits(config: dict) -> int:
     )))  # fmt: skip
 
 
-def operator_mb(shape: E6Shape, length: int, n_layers: int) -> float:
-    """One captured operator file (float32): attention q (H, L, d) and k (H_kv, L, d) per
-    layer; an SSM dt (L, D) per layer over the measured channels, and B, C (L, N)."""
+def operator_mb(name: str, model: dict, shape: E6Shape, length: int) -> float:
+    """One captured operator file (ess.sequence_ess.operator_bytes): every layer of the model,
+    every attention head, the SSM channels that channel_stride keeps."""
+    from ess.sequence_ess import operator_bytes
+
     if shape.kind == "attention":
-        per_layer = (shape.heads + shape.kv_heads) * length * shape.head_dim
-    else:
-        per_layer = shape.heads * length + 2 * length * shape.d_state
-    return 4 * per_layer * n_layers / cost.MB
+        heads, state, kv = model["n_heads"], shape.head_dim, shape.kv_heads
+        return operator_bytes("attention", model["n_layers"], length, heads, state, kv) / cost.MB
+    channels = model["n_heads"] if model["source"] != "train:jargon" else shape.heads
+    stride = model.get("channel_stride") or 1 if model["source"] != "train:jargon" else 1
+    return (
+        operator_bytes("mamba", model["n_layers"], length, channels, shape.d_state, None, stride)
+        / cost.MB
+    )
 
 
 def forward_cost(shape: E6Shape, length: int, sequences: int, device: str) -> Cost:
@@ -250,7 +256,7 @@ def e6_jobs(config: dict) -> list[Job]:
         jobs.append(_job(config, "make_sequence", name, Cost(
             host_mb=cost.PROCESS_MB + 300, gpu_mb=0, cpu_seconds=10, gpu_seconds=0,
             disk_mb=0.1 * seeds * len(e6["delimiters"]))))  # fmt: skip
-        file_mb = operator_mb(shape, length, shape.layers)
+        file_mb = operator_mb(name, model, shape, length)
         for task in tasks:
             capture = forward_cost(shape, length, seeds, device)
             jobs.append(_job(config, "capture_operators", f"{name}/{task}", Cost(
@@ -259,7 +265,7 @@ def e6_jobs(config: dict) -> list[Job]:
                 disk_mb=file_mb * seeds, device=device)))  # fmt: skip
             for part, layers in enumerate(layer_parts(model)):
                 per_layer = operator_ess_cost(shape, length, splits, device)
-                part_mb = file_mb * len(layers) / shape.layers
+                part_mb = file_mb * len(layers) / model["n_layers"]
                 rows = seeds * len(layers) * shape.heads * splits
                 jobs.append(_job(config, "measure_e6_ess", f"{name}/{task}/part{part}", Cost(
                     host_mb=per_layer.host_mb + part_mb, gpu_mb=per_layer.gpu_mb,
@@ -328,6 +334,26 @@ def train_cost(spec: dict, micro_batch: int) -> Cost:
     )
 
 
+def resumable(spec: dict) -> bool:
+    """Whether a run keeps its training state (ess.train: resume_every_steps or _minutes), so
+    that a job killed at the time limit continues on its next attempt instead of restarting."""
+    train = spec["train"]
+    return bool(train.get("resume_every_steps") or train.get("resume_every_minutes"))
+
+
+def attempts_needed(job: Job, config: dict) -> int:
+    """Attempts of at most cluster.max_runtime_h that a job's estimate spans (1 if it fits)."""
+    hours = job.cost.seconds(job.threads) / 3600
+    return max(1, math.ceil(hours / cluster_limits(config)["max_runtime_h"]))
+
+
+def train_retries(jobs: Iterable[Job], config: dict, spare: int = 2) -> int:
+    """Retries of train_synthetic: enough attempts for its longest resumable run to finish
+    across time limits, plus `spare` for failures (each attempt asks for more memory)."""
+    runs = [j for j in jobs if j.rule == "train_synthetic" and j.notes["resumable"]]
+    return max((attempts_needed(j, config) for j in runs), default=1) - 1 + spare
+
+
 def micro_batch_size(spec: dict, gpu_mem_mb: float) -> int:
     """The micro-batch of a run: train.micro_batch_size when the config sets it; else the
     whole batch when it fits `gpu_mem_mb` (CPU runs: always), else the largest power-of-two
@@ -347,6 +373,8 @@ def micro_batch_size(spec: dict, gpu_mem_mb: float) -> int:
 def synthetic_ess_cost(specs: list[dict], n_sequences: int, device: str) -> Cost:
     """One measure_synthetic_ess job: the model_ess of each run (seed) of a cell on
     n_sequences test sequences, every split, each layer on its cheaper exact path."""
+    from ess.measure import cheaper_path
+
     total = None
     for spec in specs:
         model, L = spec["model"], spec["task"]["seq_len"]
@@ -356,12 +384,11 @@ def synthetic_ess_cost(specs: list[dict], n_sequences: int, device: str) -> Cost
         layers = [kinds[i % len(kinds)] for i in range(model["n_layers"])]
         for kind in layers:
             operators = d if kind == "S6" else heads
-            if kind in ("SA", "SWA"):
+            # the path ess.measure.layer_ess takes for this layer
+            if kind in ("SA", "SWA") or cheaper_path(L, N, L - 1, operators) == "dense":
                 one = cost.dense_cost(L, operators * n_sequences, L - 1, device)
             else:
-                dense = cost.dense_cost(L, operators * n_sequences, L - 1, device)
-                realisation = cost.realisation_cost(L, N, operators * n_sequences, device)
-                one = min(dense, realisation, key=lambda c: c.cpu_seconds)
+                one = cost.realisation_cost(L, N, operators * n_sequences, device)
             total = one if total is None else total + one
     return total + Cost(0, 0, 0, 0, disk_mb=0.01 * len(specs))
 
@@ -395,6 +422,7 @@ def synthetic_jobs(config: dict, gpu_mem_mb: float) -> list[Job]:
                 train_cost(run.spec, micro),
                 micro_batch_size=micro,
                 batch_size=run.spec["train"]["batch_size"],
+                resumable=resumable(run.spec),
             )
         )
     ess = synthetic.get("ess", {})
@@ -462,7 +490,7 @@ def over_limits(jobs: Iterable[Job], config: dict) -> list[tuple[Job, str]]:
             problems.append((job, f"host memory {c.host_mb / GB:.1f} GB > cluster.node_mem_gb "
                                   f"{limits['node_mem_gb']}"))  # fmt: skip
         hours = c.seconds(job.threads) / 3600
-        if hours > limits["max_runtime_h"]:
+        if hours > limits["max_runtime_h"] and not job.notes.get("resumable"):
             where = "GPU" if c.device == "cuda" else f"{job.threads} CPU core(s)"
             problems.append((job, f"time {hours:.1f} h on {where} > cluster.max_runtime_h "
                                   f"{limits['max_runtime_h']}"))  # fmt: skip
@@ -605,6 +633,16 @@ def plan_text(config: dict, profile=None, list_jobs: bool = False) -> tuple[str,
             f"{len(split)} of {len(trained)} training runs accumulate gradients over "
             f"micro-batches to fit {limits['gpu_mem_gb']} GB (smallest micro-batch "
             f"{min(j.notes['micro_batch_size'] for j in split)})"
+        )
+    long_runs = [j for j in trained if j.notes["resumable"] and attempts_needed(j, config) > 1]
+    if long_runs:
+        longest = max(long_runs, key=lambda j: j.cost.seconds(j.threads))
+        lines.append(
+            f"{len(long_runs)} training runs take longer than {limits['max_runtime_h']} h and "
+            f"resume from their saved state on the next attempt (train_synthetic retries "
+            f"{train_retries(jobs, config)}); the longest, {longest.name}, "
+            f"{longest.cost.seconds(longest.threads) / 3600:.0f} h over "
+            f"{attempts_needed(longest, config)} attempts"
         )
     if list_jobs:
         lines += ["", f"{'rule':<24}{'job':<52}{'host GB':>8}{'GPU GB':>8}{'hours':>8}  request"]

@@ -8,7 +8,14 @@ import re
 import yaml
 from snakemake.utils import validate
 
-from ess.plan import JOB_NAMES, check_plan, job_resources, plan_jobs, threads_of
+from ess.plan import (
+    JOB_NAMES,
+    check_plan,
+    job_resources,
+    plan_jobs,
+    threads_of,
+    train_retries,
+)
 from ess.workflow_config import check_config, check_model_sources
 
 # ---------------------------------------------------------------------------------------------
