@@ -76,11 +76,11 @@ rule train_synthetic:
         "results/logs/train_synthetic/{run}.log",
     benchmark:
         "results/benchmarks/train_synthetic/{run}.tsv"
+    # a run longer than the time limit resumes from its state on the next attempt
+    retries: train_retries(planned_jobs().values(), config)
     conda:
         "../../envs/torch.yaml"
     threads: threads_of(config, "train_synthetic")
-    # a run longer than the time limit resumes from its state on the next attempt
-    retries: train_retries(planned_jobs().values(), config)
     resources:
         mem_mb=planned("train_synthetic", "mem_mb"),
         runtime=planned("train_synthetic", "runtime"),
