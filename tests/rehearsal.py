@@ -9,7 +9,9 @@ What is kept, and what is thinned:
 - counts: 1 seed, 2 steps of 1 sequence, 16 training and 4 test sequences, 1 sequence for the
   ESS, E4 at one lambda and one layer set, E5 with one teacher and one student, E3 at one
   alpha;
-- the device: the CPU (no GPU here), so every estimate compared is a CPU one.
+- the device: the CPU (no GPU here), so every estimate compared is a CPU one;
+- E6: the six families of paper.yaml as tiny random stand-ins (tests/standins.py) in bf16 at
+  L 2048, fetched offline from a Hub-layout cache, thinned as tests/test_e6_hub.py thins them.
 """
 
 from __future__ import annotations
@@ -69,13 +71,43 @@ def thin_synthetic(synthetic: dict) -> dict:
     return s
 
 
-def rehearsal_config(paper: dict) -> dict:
-    """The whole config of the rehearsal from paper.yaml's (as loaded, defaults filled in)."""
-    config = copy.deepcopy(paper)
+def rehearsal_config(e6_config: dict, standins: dict, node_mem_gb: float) -> dict:
+    """The whole config of the rehearsal: E6 on the stand-ins (tests/test_e6_hub.py's
+    `standin_config`: paper.yaml's models as tiny Hub-style stand-ins, thinned in counts),
+    paper.yaml's synthetic grid thinned in counts (`thin_synthetic`), everything on the CPU,
+    and each stand-in's own size in place of the real model's (`params_b`, `head_dim`,
+    `n_kv_heads`), so that the plan's estimates and requests are for what runs here. The
+    cluster's node memory is the test node's."""
+    config = copy.deepcopy(e6_config)
     config["synthetic"] = thin_synthetic(config["synthetic"])
-    for model in config["models"].values():
+    for name, model in config["models"].items():
+        standin = standins[name]
         model["device"] = "cpu"
+        model["params_b"] = standin_parameters(standin.directory) / 1e9
+        if model.get("d_state") is None:
+            model["head_dim"] = standin.state_size
+            model["n_kv_heads"] = STANDIN_KV_HEADS.get(standin.family)
+    config["cluster"] = {**config.get("cluster", {}), "node_mem_gb": node_mem_gb}
     return config
+
+
+# tests/standins.py: the grouped-key families read 2 key/value heads
+STANDIN_KV_HEADS = {"mistral": 2, "llama": 2}
+
+
+def standin_parameters(directory) -> int:
+    """Parameters stored in a model directory's safetensors files."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(directory).glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                total += int(__import__("math").prod(shape))
+    return total
 
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")

@@ -21,8 +21,9 @@ from rehearsal import (
     slurm_wildcards,
     submissions,
 )
+from standins import PAPER_REPOS, build_standin, standin_tokenizer, write_hub_cache
+from test_e6_hub import FAMILY, standin_config
 from test_slurm import fresh_checkout, run_snakemake, slurm_cluster  # noqa: F401
-from test_workflow import ROOT
 
 from ess.plan import job_resources, plan_jobs
 from ess.workflow_config import load_config
@@ -57,13 +58,22 @@ def sacct_usage(jobids: list[str]) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.workflow
 def test_paper_config_rehearsed_under_slurm(slurm_cluster, tmp_path):  # noqa: F811
-    paper = load_config([ROOT / "config" / "paper.yaml"])
-    config = rehearsal_config(paper)
+    tokenizer = standin_tokenizer()
+    hf_home = tmp_path / "hf"
+    standins, commits = {}, {}
+    for name, family in FAMILY.items():
+        standins[name] = build_standin(family, tmp_path / "built" / family, tokenizer=tokenizer)
+        commits[name] = write_hub_cache(
+            hf_home / "hub", PAPER_REPOS[family], tmp_path / "built" / family
+        )
+    node_mb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])  # fmt: skip
+    config = rehearsal_config(standin_config(hf_home, commits, standins), standins, node_mb / 1024)
     checkout = fresh_checkout(tmp_path / "ess")
     (checkout / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     rc, log, seconds = run_snakemake(
-        checkout, *rehearsal_targets(config), snakefile=None, timeout=REHEARSAL_TIMEOUT_S,
-        env_extra={"OMP_NUM_THREADS": "1"},
+        checkout, "all", snakefile=None, timeout=REHEARSAL_TIMEOUT_S, env_extra=env,
     )  # fmt: skip
     assert rc == 0, log[-5000:]
     jobs = submissions(log)
@@ -93,16 +103,6 @@ def test_paper_config_rehearsed_under_slurm(slurm_cluster, tmp_path):  # noqa: F
     target = os.environ.get("ESS_REHEARSAL_TABLE")
     Path(target or tmp_path / "rehearsal.md").write_text(table)
     assert not problems, "\n".join(problems)
-
-
-def rehearsal_targets(config: dict) -> list[str]:
-    """The synthetic half's figures and tables (E6's stand-in models come next)."""
-    from ess.experiments import published, synthetic_grid
-
-    figures, tables = published(synthetic_grid(config["synthetic"]))
-    return [f"results/figures/{name}.png" for name in figures] + [
-        f"results/tables/{name}.csv" for name in tables
-    ]
 
 
 def rehearsal_table(rows: list[tuple], seconds: float) -> str:
