@@ -7,7 +7,7 @@ one thread, each timed after the other on the same operators.
 Needs the operators of a run of the default (results/operators/<model>/<task>/seed<s>.safetensors
 and its sequence file):
 
-    .venv/bin/python benchmarks/e6_window_cost.py --model smollm2 --task removed --seed 0
+    .venv/bin/python benchmarks/e6_window_cost.py --model smollm2 --task blank_line --seed 0
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--results", default="results")
+    parser.add_argument("--layers", type=int, nargs="*", help="default: the model's config")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     e6, ess = config["e6"], config["ess"]
@@ -51,7 +52,7 @@ def main() -> None:
     sequence = read_sequence(
         root / "sequences" / args.model / delimiter / f"seed{args.seed}.json", condition
     )
-    layers = config["models"][args.model]["layers"]
+    layers = args.layers or config["models"][args.model]["layers"]
     ops = load_operators(
         root / "operators" / args.model / args.task / f"seed{args.seed}.safetensors", layers
     )
