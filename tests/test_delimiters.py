@@ -248,6 +248,13 @@ def test_a_head_at_the_bound_inside_the_windows_flags_the_boundary():
         assert np.flatnonzero(drops["near_end"]).tolist() == flagged, split
 
 
+def test_a_window_cut_by_an_end_flags_the_boundary():
+    trace = np.full(L - 1, 5.0)
+    cut = np.array([[10, 12], [200, 202], [385, 392]])  # the last after window ends at 400 = L
+    drops = delimiter_drop(trace, cut, trace, cut)
+    assert drops["near_end"].tolist() == [False, False, True]
+
+
 def test_bound_flags_mark_the_min_i_l_minus_i_bound():
     splits = np.array([1, 3, 5, 7, 9])
     # L = 10: bounds 1, 3, 5, 3, 1

@@ -229,19 +229,21 @@ def boundary_profile(
 
 def trace_drops(
     trace: pd.Series,
+    length: int,
     at_bound: pd.Series | None,
     boundaries: np.ndarray,
     before: int,
     after: int,
 ) -> pd.DataFrame:
     """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace).
-    at_bound: bool per split (`bound_flags`: some head at min(i, L-i)), None = nowhere."""
+    at_bound: bool per split (`bound_flags`: some head at min(i, L-i)), None = nowhere; a
+    window that leaves splits 1 .. L-1 (cut by an end: incomplete) also flags near_end."""
     bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
     b0, b1, at, a0, a1 = boundary_windows(bounds, before, after).T
     ess_before, ess_after = window_means(trace, b0, b1), window_means(trace, a0, a1)
-    near_end = np.zeros(len(bounds), dtype=bool)
+    near_end = (b0 < 1) | (a1 > length - 1)
     if at_bound is not None:
-        near_end = window_any(at_bound, b0, a1)
+        near_end |= window_any(at_bound, b0, a1)
     return pd.DataFrame(
         {
             "prev_end": bounds[:, 0],
@@ -276,8 +278,8 @@ def delimiter_drop(
     before, after: window sizes in tokens (module docstring). at_bound, control_at_bound:
     whether some head is at the bound min(i, L-i) at each split (`bound_flags`; forms:
     `as_trace`, a DataFrame's column "at_bound"; None = at no split): a boundary with a
-    flagged split inside its windows in either sequence is flagged near_end and left out of
-    `summarise_drops`'s interior estimate.
+    flagged split inside its windows in either sequence, or a window cut by an end of it, is
+    flagged near_end and left out of `summarise_drops`'s interior estimate.
 
     Returns one row per boundary k: boundary, prev_end, next_start, ess_before,
     ess_at_delimiter, ess_after, drop (= ess_before - ess_after), the same with a control_
@@ -301,8 +303,8 @@ def delimiter_drop(
         None if form is None else as_trace(form, n, "at_bound")[0].astype(bool)
         for form, n in ((at_bound, length), (control_at_bound, control_length))
     ]
-    main = trace_drops(trace, flags[0], bounds, before, after)
-    ctrl = trace_drops(control, flags[1], control_bounds, before, after)
+    main = trace_drops(trace, length, flags[0], bounds, before, after)
+    ctrl = trace_drops(control, control_length, flags[1], control_bounds, before, after)
     columns = {"boundary": np.arange(len(main))}
     columns |= {column: main[column].to_numpy() for column in main.columns.drop("near_end")}
     columns |= {f"control_{c}": ctrl[c].to_numpy() for c in ctrl.columns.drop("near_end")}
