@@ -138,27 +138,17 @@ BAD_CONFIGS = [
     (
         "e6_n_tokens_below_windows",
         setter("e6.n_tokens", 8),
-        ["e6.n_tokens = 8", "e6.drop.before = 8", ">= before + after", "= 80"],
+        ["e6.n_tokens = 8", "e6.drop.before = 8", ">= before + after", "= 18"],
     ),
     (
         "e6_before_longer_than_sequence",
         setter("e6.drop.before", 600),
-        ["e6.n_tokens = 512", "e6.drop.before = 600", "= 672"],
+        ["e6.n_tokens = 512", "e6.drop.before = 600", "= 610"],
     ),
     (
         "e6_after_longer_than_sequence",
-        setter("e6.drop.after", 500),
-        ["e6.drop.after = 500", "= 572"],
-    ),
-    (
-        "e6_margin_too_wide",
-        setter("e6.drop.boundary_margin", 300),
-        ["e6.drop.boundary_margin = 300", "= 616"],
-    ),
-    (
-        "e6_window_without_a_traced_offset",
-        setter("e6.profile.offsets", [-32, 0, 32]),
-        ["e6.drop.before = 8", "holds none of e6.profile.offsets [-32, 0, 32]"],
+        setter("e6.drop.after", 600),
+        ["e6.drop.after = 600", "= 610"],
     ),
     (
         "e6_recall_distance",

@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ess.boundaries import delimiter_drop, summarise_drops
-from ess.delimiters import BLANK_LINE_TEXT, DELIMITERS, build_delimited_sequence, contains
+from ess.boundaries import bound_flags, delimiter_drop, summarise_drops
+from ess.delimiters import (
+    BLANK_LINE_TEXT,
+    DELIMITERS,
+    build_delimited_sequence,
+    contains,
+    gap_width,
+)
 
 PASSAGES = [
     f"passage {k} says that the {'quick brown fox' if k % 2 else 'lazy dog'} "
@@ -56,38 +62,56 @@ def test_delimiter_sits_at_the_reported_positions(tokenizer, delimiter):
     sep = list(seq.separator)
     assert seq.input_ids.shape == (1, 200) and len(sep) >= 1
     assert seq.boundaries.shape[0] >= 5
+    gap = gap_width(tokenizer)
+    assert gap == 2  # end_of_speech's '"' + '\n' is the longest separator of this tokenizer
     for p, n in seq.boundaries.tolist():
-        assert n - p - 1 == len(sep)  # the delimiter fills the gap exactly
-        assert ids[p + 1 : n] == sep
+        assert n - p - 1 == gap  # the same gap for every delimiter and control
+        assert ids[n - len(sep) : n] == sep  # the delimiter ends the gap
     np.testing.assert_array_equal(seq.delimiter_end, seq.boundaries[:, 1] - 1)
-    np.testing.assert_array_equal(seq.delimiter_start, seq.boundaries[:, 0] + 1)
+    np.testing.assert_array_equal(seq.delimiter_start, seq.boundaries[:, 1] - len(sep))
 
 
 @pytest.mark.parametrize("delimiter", DELIMITERS)
-def test_controls_lack_the_delimiter(tokenizer, delimiter):
+def test_controls_lack_the_delimiter_and_share_every_position(tokenizer, delimiter):
     seq = build_delimited_sequence(tokenizer, PASSAGES, delimiter, n_tokens=200, seed=0)
     sep = list(seq.separator)
     removed, neutral = seq.controls["removed"], seq.controls["neutral"]
+    in_gap = np.zeros(seq.length, dtype=bool)
+    for p, n in seq.boundaries.tolist():
+        in_gap[p + 1 : n] = True
     for control in (removed, neutral):
         assert control.input_ids.shape == seq.input_ids.shape
-        assert control.boundaries.shape == seq.boundaries.shape
+        np.testing.assert_array_equal(control.boundaries, seq.boundaries)
+        np.testing.assert_array_equal(control.passage_spans, seq.passage_spans)
         assert not contains(control.input_ids[0].tolist(), sep)
         assert control.controls == {}
-    assert np.all(removed.boundaries[:, 1] == removed.boundaries[:, 0] + 1)
+        # the delimiter replaces tokens: outside the gaps every condition has the same tokens
+        assert control.input_ids[0, ~in_gap].equal(seq.input_ids[0, ~in_gap])
     comma = tokenizer.encode(",")
-    for p, n in neutral.boundaries.tolist():
-        assert neutral.input_ids[0, p + 1 : n].tolist() == comma
+    for _p, n in neutral.boundaries.tolist():
+        assert neutral.input_ids[0, n - len(comma) : n].tolist() == comma
+
+
+def test_a_control_does_not_depend_on_its_delimiter(tokenizer):
+    built = [build_delimited_sequence(tokenizer, PASSAGES, d, 300, seed=2) for d in DELIMITERS]
+    for control in ("removed", "neutral"):
+        first = built[0].controls[control]
+        for other in built[1:]:
+            assert other.controls[control].input_ids.equal(first.input_ids)
+            np.testing.assert_array_equal(other.controls[control].boundaries, first.boundaries)
 
 
 def test_boundaries_match_the_same_passages_across_conditions(tokenizer):
     seq = build_delimited_sequence(tokenizer, PASSAGES, "blank_line", n_tokens=300, seed=3)
+    removed = seq.controls["removed"].input_ids[0].tolist()
+    gap = gap_width(tokenizer)
+    # the removed control holds every passage whole: its own tokens, then its gap
+    whole = [tokenizer.decode(removed[a : b + gap]).strip() for a, b in seq.passage_spans[:-1]]
+    assert whole == [PASSAGES[k] for k in seq.passage_index[:-1]]
     for condition in (seq, *seq.controls.values()):
         ids = condition.input_ids[0].tolist()
         texts = [tokenizer.decode(ids[a:b]).strip() for a, b in condition.passage_spans[:-1]]
-        assert texts == [PASSAGES[k] for k in condition.passage_index[:-1]]
-        if condition is seq:
-            reference = texts
-        assert texts[: len(reference)] == reference[: len(texts)]
+        assert all(w.startswith(t) for w, t in zip(whole, texts, strict=True))
     assert tokenizer.decode(seq.input_ids[0]).count(BLANK_LINE_TEXT) == len(seq.boundaries)
 
 
@@ -147,8 +171,8 @@ def test_with_a_trained_byte_level_bpe_tokenizer():
     for delimiter in DELIMITERS:
         seq = build_delimited_sequence(tok, PASSAGES, delimiter, n_tokens=256, seed=1)
         ids = seq.input_ids[0].tolist()
-        for p, n in seq.boundaries.tolist():
-            assert ids[p + 1 : n] == list(seq.separator)
+        for _p, n in seq.boundaries.tolist():
+            assert ids[n - len(seq.separator) : n] == list(seq.separator)
         for control in seq.controls.values():
             assert not contains(control.input_ids[0].tolist(), list(seq.separator))
     text = tok.decode(seq.input_ids[0])
@@ -172,9 +196,19 @@ def stepped_trace(boundaries, high=10.0, low=4.0, after=8):
     return trace
 
 
+def at_bound_near(boundaries, first, last):
+    """A bool trace, True at splits 1..first and last..L-1 (a head at the bound there)."""
+    splits = np.arange(1, L)
+    return (splits <= first) | (splits >= last)
+
+
 def test_drop_recovers_a_known_step():
     drops = delimiter_drop(
-        stepped_trace(BOUNDARIES), BOUNDARIES, np.full(L - 1, 10.0), CONTROL_BOUNDARIES
+        stepped_trace(BOUNDARIES),
+        BOUNDARIES,
+        np.full(L - 1, 10.0),
+        CONTROL_BOUNDARIES,
+        at_bound=at_bound_near(BOUNDARIES, 8, 385),
     )
     assert list(drops["near_end"]) == [True, False, False, False, True]
     interior = drops[~drops["near_end"]]
@@ -190,7 +224,7 @@ def test_drop_recovers_a_known_step():
 
 def test_flat_trace_has_no_drop():
     flat = np.full(L - 1, 7.0)
-    drops = delimiter_drop(flat, BOUNDARIES, flat, CONTROL_BOUNDARIES, boundary_margin=0)
+    drops = delimiter_drop(flat, BOUNDARIES, flat, CONTROL_BOUNDARIES)
     assert not drops["near_end"].any()
     np.testing.assert_allclose(drops["drop_vs_control"], 0.0)
 
@@ -198,17 +232,34 @@ def test_flat_trace_has_no_drop():
 def test_drop_in_the_control_is_subtracted():
     trace = stepped_trace(BOUNDARIES, low=4.0)
     control = stepped_trace(CONTROL_BOUNDARIES, low=9.0)
-    drops = delimiter_drop(trace, BOUNDARIES, control, CONTROL_BOUNDARIES, boundary_margin=0)
+    drops = delimiter_drop(trace, BOUNDARIES, control, CONTROL_BOUNDARIES)
     np.testing.assert_allclose(drops["drop_vs_control"][1:4], 6.0 - 1.0)
 
 
-def test_boundary_margin_flags_the_ends_only():
+def test_a_head_at_the_bound_inside_the_windows_flags_the_boundary():
     trace = stepped_trace(BOUNDARIES)
-    drops = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, boundary_margin=0)
-    assert not drops["near_end"].any()
-    # boundary 1's before window starts at split 93; boundary 3's after window ends 91 before L
-    wide = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, boundary_margin=92)
-    assert list(wide["near_end"]) == [True, False, False, True, True]
+    # boundary 1's windows span splits 93 .. 109 (p - 8 + 2 .. n + 8); boundary 2's 193 .. 209
+    for split, flagged in ((92, []), (93, [1]), (109, [1]), (110, []), (200, [2])):
+        at_bound = pd.Series(np.arange(1, L) == split, index=np.arange(1, L))
+        drops = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, at_bound=at_bound)
+        assert np.flatnonzero(drops["near_end"]).tolist() == flagged, split
+        # in the control's windows just the same
+        drops = delimiter_drop(trace, BOUNDARIES, trace, BOUNDARIES, control_at_bound=at_bound)
+        assert np.flatnonzero(drops["near_end"]).tolist() == flagged, split
+
+
+def test_a_window_cut_by_an_end_flags_the_boundary():
+    trace = np.full(L - 1, 5.0)
+    cut = np.array([[10, 12], [200, 202], [385, 392]])  # the last after window ends at 400 = L
+    drops = delimiter_drop(trace, cut, trace, cut)
+    assert drops["near_end"].tolist() == [False, False, True]
+
+
+def test_bound_flags_mark_the_min_i_l_minus_i_bound():
+    splits = np.array([1, 3, 5, 7, 9])
+    # L = 10: bounds 1, 3, 5, 3, 1
+    flags = bound_flags(np.array([1.0, 2.0, 5.0, 3.0, 0.0]), splits, 10)
+    assert flags.tolist() == [True, False, True, True, False]
 
 
 def test_trace_forms_agree_and_strided_traces_work():

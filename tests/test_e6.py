@@ -146,7 +146,6 @@ def test_settings_text_states_the_config_behind_e6():
         "recall_orders": 8,
         "before": 8,
         "after": 8,
-        "boundary_margin": 16,
         "n_boot": 1000,
         "confidence": 0.95,
         "dtype": {"smollm2": "float32"},

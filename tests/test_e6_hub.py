@@ -63,7 +63,7 @@ def standin_config(hf_home: Path, commits: dict[str, str], standins: dict) -> di
         seeds=[0],
         recall={"task": "removed", "orders": 4},
         profile={"offsets": [-8, -4, -1, 0, 1, 4, 8]},
-        drop={"before": 8, "after": 8, "boundary_margin": 32},
+        drop={"before": 8, "after": 8},
     )
     config["ess"]["position_stride"] = 256
     config["stats"]["n_boot"] = 200

@@ -11,6 +11,7 @@ from test_delimiters import PASSAGES, WordTokenizer
 from ess import modulation
 from ess.boundaries import (
     boundary_profile,
+    delimiter_drop,
     offset_mask,
     offset_splits,
     reset_bound,
@@ -45,18 +46,23 @@ def test_offset_mask_keeps_each_offset_inside_its_two_passages():
     assert mask[1].tolist() == [False, False, True, True, True, True, True]
 
 
-def test_trace_positions_are_the_offsets_plus_a_coarse_stride():
+def test_trace_positions_are_every_window_split_the_offsets_and_a_coarse_stride():
     tokenizer = WordTokenizer(PASSAGES)
     seq = build_delimited_sequence(tokenizer, PASSAGES, "eos", n_tokens=300, seed=0)
-    positions = trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 50)
+    positions = trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 50, 8, 6)
     splits = offset_splits(seq.boundaries, OFFSETS)[
         offset_mask(seq.boundaries, seq.passage_spans, OFFSETS, seq.length)
     ]
-    assert set(splits) | set(range(1, 300, 50)) == set(positions.tolist())
+    windows = [
+        split
+        for p, n in seq.boundaries.tolist()
+        for split in [*range(p - 6, p + 2), n, *range(n + 1, n + 7)]
+    ]  # before = 8 splits p-6 .. p+1, the delimiter's n, after = 6 splits n+1 .. n+6
+    assert set(splits) | set(windows) | set(range(1, 300, 50)) == set(positions.tolist())
     assert np.all(np.diff(positions) > 0) and positions[0] >= 1 and positions[-1] <= 299
     assert len(positions) < 299  # only what the statistics use
     with pytest.raises(ValueError, match="stride must be >= 1"):
-        trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 0)
+        trace_positions(seq.boundaries, seq.passage_spans, seq.length, OFFSETS, 0, 8, 8)
 
 
 def test_boundary_profile_reads_the_trace_at_each_offset():
@@ -192,8 +198,16 @@ def synthetic_ess(sequences, step):
     return pd.concat(rows, ignore_index=True)
 
 
+def synthetic_per_layer(sequences, step):
+    """`synthetic_ess` reduced as rule aggregate_e6 reduces each ESS table."""
+    values = ["ess_tolerance", "ess_entropy", modulation.tau_column(1e-2), "tss"]
+    (length,) = {built.length for built in sequences.values()}
+    return modulation.head_means(synthetic_ess(sequences, step), values, length)
+
+
 def synthetic_traces(sequences, step):
-    return modulation.layer_traces(synthetic_ess(sequences, step), ["ess_tolerance", "ess_entropy"])
+    metrics = ["ess_tolerance", "ess_entropy"]
+    return modulation.layer_traces(synthetic_per_layer(sequences, step), metrics)
 
 
 def test_the_chain_recovers_a_known_drop_and_profile():
@@ -205,7 +219,7 @@ def test_the_chain_recovers_a_known_drop_and_profile():
     modulation.check_controls(sequences, "eos")
     traces = synthetic_traces(sequences, step=3.0)
     metrics = ["ess_tolerance", "ess_entropy"]
-    drops = modulation.boundary_drops(traces, sequences, ["removed"], metrics, 8, 8, 16)
+    drops = modulation.boundary_drops(traces, sequences, ["removed"], metrics, 8, 8)
     interior = drops[~drops["near_end"]]
     assert set(drops["layer"]) == {0, 1, modulation.ALL_LAYERS}
     expected = {0: 3.0, 1: 6.0, modulation.ALL_LAYERS: 4.5}
@@ -224,8 +238,9 @@ def test_the_chain_recovers_a_known_drop_and_profile():
     assert row["mean"] == pytest.approx(2.25) and row["significant"]
     assert row["n"] == interior["boundary"].groupby(interior["seed"]).nunique().sum()
 
+    near_end = drops[drops["layer"] == modulation.ALL_LAYERS]
     profiles = modulation.boundary_profiles(
-        modulation.group_traces(traces, metrics), sequences, ["removed"], OFFSETS, metrics, 16
+        modulation.group_traces(traces, metrics), sequences, ["removed"], OFFSETS, metrics, near_end
     )
     profile = modulation.summarise_profiles(profiles, 100, 0.95, 0)
     line = profile[
@@ -256,13 +271,12 @@ def test_aggregate_gives_every_table_of_the_rule():
         for m, g in steps.items()
     ]  # fmt: skip
     tables = modulation.aggregate(
-        synthetic_ess(sequences, steps),
+        synthetic_per_layer(sequences, steps),
         sequences,
         recall,
         controls=["removed", "neutral"],
         before=8,
         after=8,
-        boundary_margin=16,
         offsets=OFFSETS,
         hierarchy=["c", "b", "a"],
         correlation="spearman",
@@ -301,3 +315,73 @@ def test_aggregate_gives_every_table_of_the_rule():
     }
     assert (hierarchy["tau"] == 1.0).all()
     assert set(tables["profile"]["condition"]) == {"delimited", "removed", "neutral"}
+
+
+def position_only_ess(sequences):
+    """ESS of a synthetic operator with no delimiter effect: every head's ESS depends on its
+    split i only. Head 0: min(i, L-i) / 2, under the bound everywhere; head 1: the same, but AT
+    the bound min(i, L-i) from split L - 60 on (a head that saturates near the end)."""
+    rows = []
+    for (model, delimiter, seed), seq in sequences.items():
+        splits = np.arange(1, seq.length)
+        bound = np.minimum(splits, seq.length - splits).astype(float)
+        heads = {0: bound / 2, 1: np.where(splits >= seq.length - 60, bound, bound / 2)}
+        for task, head in itertools.product([delimiter, *seq.controls], heads):
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "model": model,
+                        "task": task,
+                        "seed": seed,
+                        "layer": 0,
+                        "head": head,
+                        "position": splits,
+                        "ess_tolerance": heads[head],
+                        "ess_entropy": heads[head],
+                        "tss": 16,
+                    }  # fmt: skip
+                )
+            )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_a_position_only_operator_has_no_drop():
+    """The drop of an operator whose ESS depends on position only is 0 within its interval:
+    the delimited text and its controls place every boundary at the same splits. The layout
+    before issue 28 (the delimiter ADDED between passages, s tokens per boundary, so boundary k
+    sat k * s splits later than in the control) gives the same operator a drop whose interval
+    excludes 0."""
+    tokenizer = WordTokenizer(PASSAGES)
+    sequences = {
+        ("m", "end_of_speech", seed): build_delimited_sequence(
+            tokenizer, PASSAGES, "end_of_speech", 400, seed=seed
+        )
+        for seed in range(4)
+    }
+    metrics = ["ess_tolerance", "ess_entropy"]
+    (length,) = {built.length for built in sequences.values()}
+    per_layer = modulation.head_means(position_only_ess(sequences), [*metrics, "tss"], length)
+    traces = modulation.layer_traces(per_layer, [*metrics, "tss"])
+    drops = modulation.boundary_drops(traces, sequences, ["removed", "neutral"], metrics, 8, 8)
+    interior = drops[~drops["near_end"] & (drops["layer"] == modulation.ALL_LAYERS)]
+    summary = modulation.summarise(interior["drop_vs_control"], 200, 0.95, 0)
+    assert summary["n"] >= 40 and summary["lo"] <= 0.0 <= summary["hi"]
+    assert summary["mean"] == 0.0 and not summary["significant"]
+    # the bound rule: a boundary is left out when head 1 is at the bound inside its windows
+    last_split = drops["next_start"] + 8
+    np.testing.assert_array_equal(drops["near_end"], last_split >= length - 60)
+
+    # The same operator on the former layout: removed boundary k at [p, p + 1], the delimited
+    # one shifted by k * s (s = 2 tokens of end_of_speech added before each boundary).
+    trace = pd.Series(np.arange(1, length) / 2.0, index=np.arange(1, length))
+    trace = np.minimum(trace, (length - trace.index) / 2.0)
+    old = []
+    for sequence in sequences.values():
+        ends = sequence.boundaries[:, 1] - 1
+        control = np.stack([ends, ends + 1], axis=1)
+        shift = 2 * np.arange(len(ends))[:, None]
+        delimited = control + shift + np.array([[0, 2]])
+        inside = delimited[:, 1] + 8 < length - 1
+        old.append(delimiter_drop(trace, delimited[inside], trace, control[inside]))
+    former = modulation.summarise(pd.concat(old)["drop_vs_control"], 200, 0.95, 0)
+    assert former["significant"] and abs(former["mean"]) > 0.2

@@ -143,7 +143,7 @@ SMALL_CONFIG = {
         "delimiters": ["eos"],
         "controls": ["removed"],
         "n_tokens": 256,
-        "drop": {"before": 8, "after": 8, "boundary_margin": 8},
+        "drop": {"before": 8, "after": 8},
         "profile": {"offsets": [-8, -4, -1, 0, 1, 4, 8]},
         "passages": {"max_chars": 400},
     },

@@ -22,10 +22,13 @@ The look-ahead bound. H_i = T[i:, :i] holds every FUTURE row. If no output at or
 reads anything before r (the operator fully resets at r), rows r.. of H_i (i < r) are zero and
 ESS_i <= rank(T[i:r, :i]) <= r - i: ESS must fall linearly towards a full reset, before it
 happens (`reset_bound`). In general ESS_i <= (r - i) + rank(T[r:, :i]), what crosses r.
-drop = mean ESS(before) - mean ESS(after) (> 0: ESS falls after the delimiter), and
-drop_vs_control = drop - the same boundary's drop in the control. Because ESS_i <= min(i, L-i),
-a boundary whose windows come within `boundary_margin` splits of either end of the sequence is
-flagged `near_end` and summarised apart (`summarise_drops`).
+drop = mean ESS(before) - mean ESS(after) (> 0: ESS falls after the delimiter), each mean over
+EVERY split of its window (`trace_positions` evaluates them all), and drop_vs_control = drop -
+the same boundary's drop in the control. ESS_i <= min(i, L-i) for any operator: a boundary where
+some head is AT that bound at a split of its windows (from the first before split to the last
+after split, in either sequence: `bound_flags`) measures the bound rather than the model's
+state, so it is flagged `near_end` and summarised apart (`summarise_drops`). The rule reads the
+heads themselves, not a fixed distance from the ends.
 """
 
 from __future__ import annotations
@@ -142,23 +145,54 @@ def offset_mask(
     return inside & (splits >= 1) & (splits <= length - 1)
 
 
+def window_splits(boundaries: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Every split of every boundary's before window, delimiter split and after window
+    (`boundary_windows`): (K, 2) boundaries -> sorted unique int64 splits."""
+    b0, b1, at, a0, a1 = boundary_windows(boundaries, before, after).T
+    ranges = [np.arange(first, last + 1) for first, last in zip(b0, b1, strict=True)]
+    ranges += [np.arange(first, last + 1) for first, last in zip(a0, a1, strict=True)]
+    return np.unique(np.concatenate([at, *ranges])).astype(np.int64)
+
+
 def trace_positions(
     boundaries: np.ndarray,
     passage_spans: np.ndarray,
     length: int,
     offsets: Sequence[int],
     stride: int,
+    before: int,
+    after: int,
 ) -> np.ndarray:
-    """The split positions E6 evaluates ESS at: every counted offset of every boundary
-    (`offset_mask`) plus a coarse trace 1, 1 + stride, ... (for the full-trace figure).
-    Returns sorted unique int64 splits in 1..L-1."""
+    """The split positions E6 evaluates ESS at: every split of every boundary's windows
+    (`window_splits`: the drop's means are over all of them), every counted offset of every
+    boundary (`offset_mask`, for the profile) and a coarse trace 1, 1 + stride, ... (for the
+    full-trace figure). Returns sorted unique int64 splits in 1..L-1."""
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
     splits = offset_splits(boundaries, offsets)
     near = splits[offset_mask(boundaries, passage_spans, offsets, length)]
-    return np.union1d(near, np.arange(1, length, stride)).astype(np.int64)
+    windows = window_splits(boundaries, before, after)
+    windows = windows[(windows >= 1) & (windows <= length - 1)]
+    return np.union1d(np.union1d(near, windows), np.arange(1, length, stride)).astype(np.int64)
+
+
+def bound_flags(ess: np.ndarray, splits: np.ndarray, length: int) -> np.ndarray:
+    """Whether each ESS value is at the bound min(i, L-i) of its split i (module docstring):
+    ess, splits: (N,) -> (N,) bool. Tolerance-ESS is a count, so "at" is >= bound - 0.5."""
+    splits = np.asarray(splits, dtype=np.int64)
+    return np.asarray(ess, dtype=float) >= np.minimum(splits, length - splits) - 0.5
+
+
+def window_any(flags: pd.Series, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Whether any split first[k]..last[k] is flagged, per window k (bool Series indexed by
+    sorted split; a split it lacks counts as unflagged)."""
+    splits, values = flags.index.to_numpy(), flags.to_numpy(bool)
+    start = np.searchsorted(splits, first, side="left")
+    stop = np.searchsorted(splits, last, side="right")
+    flagged = np.concatenate([[0], np.cumsum(values)])
+    return flagged[stop] > flagged[start]
 
 
 def reset_bound(splits: np.ndarray, reset: int) -> np.ndarray:
@@ -194,12 +228,22 @@ def boundary_profile(
 
 
 def trace_drops(
-    trace: pd.Series, length: int, boundaries: np.ndarray, before: int, after: int, margin: int
+    trace: pd.Series,
+    length: int,
+    at_bound: pd.Series | None,
+    boundaries: np.ndarray,
+    before: int,
+    after: int,
 ) -> pd.DataFrame:
-    """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace)."""
+    """Per boundary: p, n, ESS before / at / after the delimiter, drop, near_end (one trace).
+    at_bound: bool per split (`bound_flags`: some head at min(i, L-i)), None = nowhere; a
+    window that leaves splits 1 .. L-1 (cut by an end: incomplete) also flags near_end."""
     bounds = np.asarray(boundaries, dtype=np.int64).reshape(-1, 2)
     b0, b1, at, a0, a1 = boundary_windows(bounds, before, after).T
     ess_before, ess_after = window_means(trace, b0, b1), window_means(trace, a0, a1)
+    near_end = (b0 < 1) | (a1 > length - 1)
+    if at_bound is not None:
+        near_end |= window_any(at_bound, b0, a1)
     return pd.DataFrame(
         {
             "prev_end": bounds[:, 0],
@@ -208,8 +252,7 @@ def trace_drops(
             "ess_at_delimiter": window_means(trace, at, at),
             "ess_after": ess_after,
             "drop": ess_before - ess_after,
-            # ESS_i <= min(i, L - i): windows this close to an end measure the bound
-            "near_end": np.minimum(b0, length - a1) < max(margin, 1),
+            "near_end": near_end,
         }
     )
 
@@ -221,7 +264,8 @@ def delimiter_drop(
     control_positions: np.ndarray,
     before: int = 8,
     after: int = 8,
-    boundary_margin: int = 32,
+    at_bound: Any = None,
+    control_at_bound: Any = None,
     seq_len: int | None = None,
     control_seq_len: int | None = None,
     value: str = "ess",
@@ -231,19 +275,19 @@ def delimiter_drop(
     ess_trace, control_trace: ESS per split position of the delimited sequence and of a control
     (forms: `as_trace`). boundary_positions, control_positions: (K, 2) [p, n] per boundary
     (`DelimitedSequence.boundaries`), boundary k being the same passage pair in both.
-    before, after: window sizes in tokens (module docstring). boundary_margin: a boundary whose
-    windows come within this many splits of either end of either sequence is flagged near_end
-    (ESS_i <= min(i, L-i) there) and left out of `summarise_drops`'s interior estimate.
+    before, after: window sizes in tokens (module docstring). at_bound, control_at_bound:
+    whether some head is at the bound min(i, L-i) at each split (`bound_flags`; forms:
+    `as_trace`, a DataFrame's column "at_bound"; None = at no split): a boundary with a
+    flagged split inside its windows in either sequence, or a window cut by an end of it, is
+    flagged near_end and left out of `summarise_drops`'s interior estimate.
 
     Returns one row per boundary k: boundary, prev_end, next_start, ess_before,
     ess_at_delimiter, ess_after, drop (= ess_before - ess_after), the same with a control_
-    prefix, drop_vs_control (= drop - control_drop) and near_end. NaN where a strided trace has
-    no split in a window.
+    prefix, drop_vs_control (= drop - control_drop) and near_end. NaN where a trace has no
+    split in a window.
     """
     if before < 1 or after < 1:
         raise ValueError(f"before and after must be >= 1, got before={before}, after={after}")
-    if boundary_margin < 0:
-        raise ValueError(f"boundary_margin must be >= 0, got {boundary_margin}")
     bounds = np.asarray(boundary_positions, dtype=np.int64).reshape(-1, 2)
     control_bounds = np.asarray(control_positions, dtype=np.int64).reshape(-1, 2)
     if bounds.shape != control_bounds.shape:
@@ -255,8 +299,12 @@ def delimiter_drop(
         _check_windows(b, boundary_windows(b, before, after), name)
     trace, length = as_trace(ess_trace, seq_len, value)
     control, control_length = as_trace(control_trace, control_seq_len, value)
-    main = trace_drops(trace, length, bounds, before, after, boundary_margin)
-    ctrl = trace_drops(control, control_length, control_bounds, before, after, boundary_margin)
+    flags = [
+        None if form is None else as_trace(form, n, "at_bound")[0].astype(bool)
+        for form, n in ((at_bound, length), (control_at_bound, control_length))
+    ]
+    main = trace_drops(trace, length, flags[0], bounds, before, after)
+    ctrl = trace_drops(control, control_length, flags[1], control_bounds, before, after)
     columns = {"boundary": np.arange(len(main))}
     columns |= {column: main[column].to_numpy() for column in main.columns.drop("near_end")}
     columns |= {f"control_{c}": ctrl[c].to_numpy() for c in ctrl.columns.drop("near_end")}

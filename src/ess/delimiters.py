@@ -2,13 +2,27 @@
 
 E6 (the paper's Figure 7) traces ESS_i along text and asks whether it falls right after a
 context delimiter. `build_delimited_sequence` joins passages with the delimiter under study and
-builds two matched CONTROLS from the same passages in the same order:
+builds two matched CONTROLS from the same passages in the same order. Every condition is the
+same token stream (passage 0 as it opens a text, every later one as it follows a space,
+" passage"), and the last W tokens of every passage that a boundary follows form its GAP,
+W = `gap_width` (the longest separator this tokenizer gives any delimiter or control). A
+condition overwrites the end of each gap with its separator; the rest of the gap keeps the
+passage's own tokens:
 
-| condition   | between passage k and k+1                      | next passage encoded as |
-|-------------|------------------------------------------------|-------------------------|
-| delimited   | the delimiter's tokens (below)                 | "passage"               |
-| removed     | nothing (the passages joined by one space)     | " passage"              |
-| neutral     | the token(s) of "," (NEUTRAL_TEXT)             | " passage"              |
+| condition   | the gap (W tokens) at the end of passage k                   |
+|-------------|--------------------------------------------------------------|
+| delimited   | passage k's tokens, then the delimiter's tokens (below)      |
+| removed     | passage k's tokens only                                      |
+| neutral     | passage k's tokens, then the token(s) of "," (NEUTRAL_TEXT)  |
+
+So the delimiter REPLACES tokens instead of adding them: the three sequences have the same
+tokens everywhere but in the gaps, and boundary k sits at the same splits in all of them (no
+shift between a boundary's position in the delimited text and in its controls: the end bound
+ESS_i <= L - i cannot differ between them). W depends on the tokenizer only, not on the
+delimiter, so a control is the same sequence whichever delimiter it is matched with. The price
+is that the last W tokens of each passage before a boundary are not the passage's own in the
+delimited and neutral texts (the delimiter follows, e.g., "...over the fence<eos>" where the
+passage ends "...over the fence number 3.").
 
 Delimiters (our choices; the paper's exact strings are unknown):
 
@@ -21,9 +35,8 @@ Delimiters (our choices; the paper's exact strings are unknown):
 
 Every segment (a passage, a delimiter) is tokenized on its own, without special tokens, so a
 passage's tokens never merge with the delimiter's and the delimiter's tokens sit exactly where
-reported. In each condition passage k+1 starts at that condition's `boundaries[k, 1]`:
-boundaries are matched across conditions by their index k (absolute positions differ by the
-delimiters' lengths).
+reported. Boundary k is [p, n]: p the last token of passage k before its gap, n the first token
+of passage k+1 (n - p - 1 = W), the same in every condition.
 
 The positions of boundaries and the drop statistics are in ess.boundaries.
 """
@@ -76,11 +89,13 @@ class DelimitedSequence:
     separator:  the tokens placed between passages in THIS condition, as a list of ids
     separator_text: a readable description of them ("" for removed)
     input_ids:  (1, L) int64
-    passage_spans: (P, 2) int64, [start, stop) of each passage (the last may be cut at L)
+    passage_spans: (P, 2) int64, [start, stop) of each passage's own tokens, the same in every
+                condition (a gap is left out; the last passage may be cut at L)
     passage_index: (P,) int64, which of the given passages each one is
-    boundaries: (K, 2) int64, [p, n] per boundary: last token of passage k, first of k+1
+    boundaries: (K, 2) int64, [p, n] per boundary: last token of passage k before its gap,
+                first of k+1; the same in every condition
     controls:   {"removed": ..., "neutral": ...} for the delimited sequence, {} for a control;
-                boundary k of a control is the same pair of passages as boundary k here.
+                boundary k of a control is the same pair of passages, at the same splits.
     """
 
     condition: str
@@ -99,12 +114,12 @@ class DelimitedSequence:
 
     @property
     def delimiter_start(self) -> np.ndarray:
-        """(K,) first token of each delimiter (= next passage's start for an empty one)."""
-        return self.boundaries[:, 0] + 1
+        """(K,) first token of each separator (= next passage's start for an empty one)."""
+        return self.boundaries[:, 1] - len(self.separator)
 
     @property
     def delimiter_end(self) -> np.ndarray:
-        """(K,) last token of each delimiter: the position where the delimiter ends."""
+        """(K,) last token of each gap: where the separator, if any, ends."""
         return self.boundaries[:, 1] - 1
 
 
@@ -168,30 +183,25 @@ def contains(ids: Sequence[int], pattern: Sequence[int]) -> bool:
     return n > 0 and any(ids[i : i + n] == pattern for i in range(len(ids) - n + 1))
 
 
-def _join(
-    first: list[int], passages: Sequence[list[int]], separator: list[int], n_tokens: int
-) -> tuple[list[int], np.ndarray, np.ndarray] | None:
-    """Concatenate first + (separator + passage)*, cut at n_tokens.
+def gap_width(tokenizer: Tokenizer) -> int:
+    """W: the most tokens any delimiter or control puts between passages with this tokenizer
+    (a delimiter it cannot make, "eos" without an eos token, does not count)."""
+    widths = [len(separator_tokens(tokenizer, "eos", control)[0]) for control in CONTROLS]
+    for delimiter in DELIMITERS:
+        try:
+            widths.append(len(delimiter_tokens(tokenizer, delimiter)[0]))
+        except ValueError:  # no eos token: that delimiter is refused when it is built
+            continue
+    return max(widths)
 
-    Returns (ids, passage_spans (P, 2), boundaries (K, 2)), or None when the passages run out
-    before n_tokens. A boundary counts when the next passage's first token is inside.
-    """
-    ids = list(first)
-    spans = []
-    for k, passage in enumerate(passages):
-        if k > 0:
-            ids.extend(separator)
-        if len(ids) >= n_tokens:
-            break
-        spans.append((len(ids), min(len(ids) + len(passage), n_tokens)))
-        ids.extend(passage)
-        if len(ids) >= n_tokens:
-            break
-    if len(ids) < n_tokens:
-        return None
-    spans_array = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    boundaries = np.stack([spans_array[:-1, 1] - 1, spans_array[1:, 0]], axis=1)
-    return ids[:n_tokens], spans_array, boundaries
+
+def overwrite_gaps(ids: Sequence[int], next_starts: np.ndarray, separator: Sequence[int]):
+    """ids with the len(separator) tokens before each of `next_starts` replaced by the
+    separator: (L,) list -> (L,) list."""
+    out = list(ids)
+    for n in np.asarray(next_starts, dtype=np.int64).tolist():
+        out[n - len(separator) : n] = separator
+    return out
 
 
 def build_delimited_sequence(
@@ -206,10 +216,11 @@ def build_delimited_sequence(
 
     tokenizer: see `Tokenizer`. passages: texts (e.g. `ess.text.load_passages`); a seeded
     permutation (numpy default_rng(seed)) picks their order, and passages are added in that order
-    until the sequence has n_tokens tokens (the last one is cut). The three conditions use the
-    same passages in the same order, each cut at n_tokens, and keep the boundaries all three have
-    (K = the smallest count). add_bos: start every sequence with the tokenizer's bos token.
-    Returns the delimited sequence, with the controls in `.controls`.
+    until the sequence has n_tokens tokens (the last one is cut). The three conditions are the
+    same token stream with each boundary's gap overwritten by their separator (module
+    docstring), so they share boundaries, passage spans and length. add_bos: start every
+    sequence with the tokenizer's bos token. Returns the delimited sequence, with the controls
+    in `.controls`.
     """
     import torch  # here, not at the top: reading the sequences' boundaries needs no torch
 
@@ -224,54 +235,52 @@ def build_delimited_sequence(
         first = [int(tokenizer.bos_token_id)]
     order = np.random.default_rng(seed).permutation(len(passages))
     separators = {c: separator_tokens(tokenizer, delimiter, c) for c in ("delimited", *CONTROLS)}
-    # Passage k as it follows the delimiter (bare) or a space (spaced); the first opens the
-    # sequence, so it is encoded bare in every condition.
-    bare: list[list[int]] = []
-    spaced: list[list[int]] = []
-
-    def length(condition: str) -> int:
-        encoded = bare if condition == "delimited" else spaced
-        n_separators = max(len(encoded) - 1, 0)
-        separator = separators[condition][0]
-        return len(first) + sum(map(len, encoded)) + n_separators * len(separator)
-
+    gap = gap_width(tokenizer)
     delimiter_ids = separators["delimited"][0]
+    ids, spans = list(first), []
     for index in order:
-        if all(length(c) >= n_tokens for c in separators):
+        if len(ids) >= n_tokens:
             break
-        bare.append(encode(tokenizer, passages[index]))
-        spaced.append(encode(tokenizer, " " + passages[index]) if spaced else bare[-1])
-        if not bare[-1]:
+        # the first passage opens the text; every later one follows a space
+        encoded = encode(tokenizer, (" " if spans else "") + passages[index])
+        if not encoded:
             raise ValueError(f"passage {index} encodes to no tokens: {passages[index]!r}")
-        if any(contains(ids, delimiter_ids) for ids in (bare[-1], spaced[-1])):
+        if contains(encoded, delimiter_ids):
             raise ValueError(
                 f"passage {index} already contains the {delimiter!r} delimiter's tokens "
                 f"{delimiter_ids}: its boundaries would not be the only delimiters"
             )
-    built = {}
-    for condition, (separator, text) in separators.items():
-        joined = _join(first, bare if condition == "delimited" else spaced, separator, n_tokens)
-        if joined is None:
+        if len(ids) + len(encoded) < n_tokens and len(encoded) <= gap:
             raise ValueError(
-                f"the {len(passages)} passages give fewer than n_tokens={n_tokens} tokens in "
-                f"condition {condition!r}: pass more passages or a smaller n_tokens"
+                f"passage {index} has {len(encoded)} tokens, not more than the gap of {gap} "
+                "tokens the separators overwrite at its end: raise e6.passages.min_chars"
             )
-        built[condition] = (separator, text, *joined)
-    n_common = min(b[-1].shape[0] for b in built.values())
-    if n_common == 0:
+        spans.append((len(ids), min(len(ids) + len(encoded), n_tokens)))
+        ids.extend(encoded)
+    if len(ids) < n_tokens:
+        raise ValueError(
+            f"the {len(passages)} passages give fewer than n_tokens={n_tokens} tokens: pass "
+            "more passages or a smaller n_tokens"
+        )
+    if len(spans) < 2:
         raise ValueError(f"n_tokens={n_tokens} holds no passage boundary: make it larger")
+    starts = np.asarray(spans, dtype=np.int64)[1:, 0]  # n of each boundary
+    boundaries = np.stack([starts - gap - 1, starts], axis=1)
+    # A passage's own tokens in every condition: the gap is left out of the one before a boundary
+    passage_spans = np.asarray(spans, dtype=np.int64)
+    passage_spans[:-1, 1] -= gap
     sequences = {
         condition: DelimitedSequence(
             condition=condition,
             delimiter=delimiter,
             separator=tuple(separator),
             separator_text=text,
-            input_ids=torch.tensor([ids], dtype=torch.long),
-            passage_spans=spans,
+            input_ids=torch.tensor([overwrite_gaps(ids[:n_tokens], starts, separator)]),
+            passage_spans=passage_spans,
             passage_index=order[: len(spans)].astype(np.int64),
-            boundaries=boundaries[:n_common],
+            boundaries=boundaries,
         )
-        for condition, (separator, text, ids, spans, boundaries) in built.items()
+        for condition, (separator, text) in separators.items()
     }
     controls = {c: sequences[c] for c in CONTROLS}
     return replace(sequences["delimited"], controls=controls)

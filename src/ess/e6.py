@@ -181,7 +181,7 @@ def settings_text(settings: dict) -> str:
     """One line stating the config behind E6's numbers, for captions ("" without settings).
 
     settings: the dict the workflow passes to the E6 notebooks (n_tokens, position_stride,
-    offsets, seeds, tolerance, relative, recall_orders, before, after, boundary_margin, n_boot,
+    offsets, seeds, tolerance, relative, recall_orders, before, after, n_boot,
     confidence, and per model dtype and add_bos).
     """
     if not settings:
@@ -191,7 +191,7 @@ def settings_text(settings: dict) -> str:
     offsets = settings.get("offsets")
     where = f"every {settings['position_stride']}-th split"
     if offsets:
-        where = f"offsets {list(offsets)} from every delimiter plus {where}"
+        where = f"the drop's windows and offsets {list(offsets)} from every delimiter plus {where}"
     recall = (
         f"recall on {settings['recall_orders']} orders, " if "recall_orders" in settings else ""
     )
@@ -199,8 +199,9 @@ def settings_text(settings: dict) -> str:
         f"L = {settings['n_tokens']} tokens, ESS at {where}, "
         f"seeds {settings['seeds']}, tolerance-ESS tau = {settings['tolerance']:g} ({mode}), "
         f"{recall}"
-        f"windows {settings['before']} before / {settings['after']} after each delimiter, "
-        f"boundaries within {settings['boundary_margin']} splits of an end left out, "
+        f"drop = mean ESS over all {settings['before']} splits before minus all "
+        f"{settings['after']} after each delimiter, the same splits in the controls; "
+        "boundaries where a head is at the bound min(i, L-i) in the windows left out, "
         f"{settings['n_boot']} bootstrap resamples, {settings['confidence']:.0%} CI, "
         "dtype "
         + ", ".join(f"{model}: {dtype}" for model, dtype in settings["dtype"].items())

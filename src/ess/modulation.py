@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ess.boundaries import as_trace, boundary_profile, delimiter_drop
+from ess.boundaries import as_trace, bound_flags, boundary_profile, delimiter_drop
 from ess.delimiters import DelimitedSequence
 from ess.stats import (
     bootstrap_indices,
@@ -55,17 +56,52 @@ def tau_of(column: str) -> float:
 # Traces
 
 
-def layer_traces(ess: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
-    """Mean over the heads/channels (and mixers) of each layer, plus layer ALL_LAYERS = the
-    mean of those over layers. ess: one row per (model, task, seed, layer, head, position)."""
+def head_means(ess: pd.DataFrame, values: Sequence[str], length: int) -> pd.DataFrame:
+    """One ESS table reduced to what E6's statistics read: per (model, task, seed, layer,
+    position), the mean of `values` over the heads/channels (and mixers) and at_bound, whether
+    any of them is at the bound min(i, L-i) on ess_tolerance (ess.boundaries.bound_flags).
+
+    ess: one row per (model, task, seed, layer, mixer, head, position), as rule measure_e6_ess
+    writes it; every head of a layer must be in this table (a layer is never split between
+    jobs). length: L of the sequence. Rule aggregate_e6 reduces each file as it reads it.
+    """
     keys = ["model", "task", "seed", "layer", "position"]
-    per_layer = ess.groupby(keys, as_index=False)[list(values)].mean()
-    over_layers = (
-        per_layer.groupby(["model", "task", "seed", "position"], as_index=False)[list(values)]
-        .mean()
-        .assign(layer=ALL_LAYERS)
+    flagged = ess[keys].assign(
+        at_bound=bound_flags(ess["ess_tolerance"].to_numpy(), ess["position"].to_numpy(), length)
     )
-    return pd.concat([per_layer, over_layers], ignore_index=True)[[*keys, *values]]
+    means = ess.groupby(keys, as_index=False)[list(values)].mean()
+    at_bound = flagged.groupby(keys, as_index=False)["at_bound"].any()
+    return means.merge(at_bound, on=keys)
+
+
+def read_head_means(paths: Sequence[str | Path], lengths: Mapping[tuple[str, int], int]):
+    """`head_means` of every ESS table in `paths`, each reduced as it is read, concatenated:
+    memory holds one table and the reduced traces, never every head of every file.
+
+    lengths: {(model, seed): L} of each sequence (a table's model and seed are its labels).
+    Returns one row per (model, task, seed, layer, position) with METRICS, the tau columns, tss
+    and at_bound.
+    """
+    frames = []
+    for path in paths:
+        table = pd.read_parquet(path)
+        taus = [column for column in table.columns if column.startswith(TAU_PREFIX)]
+        model, seed = table["model"].iloc[0], int(table["seed"].iloc[0])
+        values = [*METRICS, *taus, "tss"]
+        frames.append(head_means(table, values, lengths[model, seed]))
+        del table  # before the next file is read
+    return pd.concat(frames, ignore_index=True)
+
+
+def layer_traces(per_layer: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """`head_means` of every layer plus layer ALL_LAYERS: the mean of those over layers, at_bound
+    where any layer has a head at the bound."""
+    over_layers = per_layer.groupby(["model", "task", "seed", "position"], as_index=False).agg(
+        **{value: (value, "mean") for value in values}, at_bound=("at_bound", "any")
+    )
+    keys = ["model", "task", "seed", "layer", "position"]
+    frame = pd.concat([per_layer, over_layers.assign(layer=ALL_LAYERS)], ignore_index=True)
+    return frame[[*keys, *values, "at_bound"]]
 
 
 def layer_groups(layers: Sequence[int]) -> dict[int, str]:
@@ -123,10 +159,10 @@ def boundary_drops(
     metrics: Sequence[str],
     before: int,
     after: int,
-    boundary_margin: int,
 ) -> pd.DataFrame:
     """ess.boundaries.delimiter_drop for every (model, delimiter, seed, layer, control, metric):
-    one row per boundary, with those keys as columns."""
+    one row per boundary, with those keys as columns. traces: `layer_traces` (its at_bound
+    column flags near_end boundaries)."""
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "layer"])))
     frames, keys = [], []
     for (model, delimiter, seed), sequence in sequences.items():
@@ -134,14 +170,17 @@ def boundary_drops(
             for control in controls:
                 reference = sequence.controls[control]
                 for metric in metrics:
+                    main = trace_of[model, delimiter, seed, layer]
+                    other = trace_of[model, control, seed, layer]
                     drops = delimiter_drop(
-                        trace_of[model, delimiter, seed, layer],
+                        main,
                         sequence.boundaries,
-                        trace_of[model, control, seed, layer],
+                        other,
                         reference.boundaries,
                         before=before,
                         after=after,
-                        boundary_margin=boundary_margin,
+                        at_bound=main,
+                        control_at_bound=other,
                         seq_len=sequence.length,
                         control_seq_len=reference.length,
                         value=metric,
@@ -187,7 +226,8 @@ def summarise_drops_by(
     measures: Sequence[str] = MEASURES,
 ) -> pd.DataFrame:
     """Per group of `keys`, per measure and per boundary class ("interior", and "near_end":
-    within boundary_margin of an end): `summarise` over boundaries (seeds pooled)."""
+    a head at the bound min(i, L-i) in its windows): `summarise` over boundaries (seeds
+    pooled)."""
     rows = []
     for key, group in boundaries.groupby(list(keys)):
         for name, near in (("interior", False), ("near_end", True)):
@@ -208,26 +248,23 @@ def boundary_profiles(
     controls: Sequence[str],
     offsets: Sequence[int],
     metrics: Sequence[str],
-    boundary_margin: int,
+    near_end: pd.DataFrame,
 ) -> pd.DataFrame:
     """ESS at each offset from each interior boundary, delimited and in each control.
 
-    traces: `group_traces` output (a `group` column). Boundaries flagged near_end in any
-    condition (ess.boundaries.delimiter_drop's rule with windows reaching the farthest offsets)
-    are left out. Returns one row per (model, delimiter, condition, seed, group, boundary,
-    offset, metric): value (ess.boundaries.boundary_profile).
+    traces: `group_traces` output (a `group` column). near_end: one row per (model, delimiter,
+    seed, boundary) with a bool near_end (`boundary_drops`' flag on the mean over layers: a
+    head of some layer at the bound in the windows, in some condition); those boundaries are
+    left out. Returns one row per (model, delimiter, condition, seed, group, boundary, offset,
+    metric): value (ess.boundaries.boundary_profile).
     """
     trace_of = dict(tuple(traces.groupby(["model", "task", "seed", "group"])))
-    reach = int(max(abs(o) for o in offsets))
+    flagged = near_end.groupby(["model", "delimiter", "seed", "boundary"])["near_end"].any()
     rows = [pd.DataFrame(columns=["boundary", "offset", "split", "value"])]
     for (model, delimiter, seed), sequence in sequences.items():
         conditions = {"delimited": (delimiter, sequence)}
         conditions |= {c: (c, sequence.controls[c]) for c in controls}
-        interior = np.ones(len(sequence.boundaries), dtype=bool)
-        for _task, built in conditions.values():
-            first = built.boundaries[:, 0] - reach + 2
-            last = built.boundaries[:, 1] + reach
-            interior &= np.minimum(first, built.length - last) >= max(boundary_margin, 1)
+        interior = ~flagged.loc[model, delimiter, seed].sort_index().to_numpy(bool)
         groups = traces.loc[traces["model"] == model, "group"].unique()
         for (condition, (task, built)), group, metric in itertools.product(
             conditions.items(), groups, metrics
@@ -402,13 +439,12 @@ def all_boundary_drops(
     controls: Sequence[str],
     before: int,
     after: int,
-    boundary_margin: int,
 ) -> pd.DataFrame:
     """`boundary_drops` of every layer at METRICS, and of the mean over layers (ALL_LAYERS) at
     every tau column of `traces` (`tau_column`; e6_drop_by_tau reads the mean over layers
     only)."""
     taus = [column for column in traces.columns if column.startswith(TAU_PREFIX)]
-    windows = dict(before=before, after=after, boundary_margin=boundary_margin)
+    windows = dict(before=before, after=after)
     over_layers = traces[traces["layer"] == ALL_LAYERS]
     return pd.concat(
         [
@@ -420,13 +456,12 @@ def all_boundary_drops(
 
 
 def aggregate(
-    ess: pd.DataFrame,
+    per_layer: pd.DataFrame,
     sequences: Mapping[tuple[str, str, int], DelimitedSequence],
     recall: Sequence[Mapping],
     controls: Sequence[str],
     before: int,
     after: int,
-    boundary_margin: int,
     offsets: Sequence[int],
     hierarchy: Sequence[str],
     correlation: str,
@@ -436,11 +471,11 @@ def aggregate(
 ) -> dict[str, pd.DataFrame]:
     """E6's statistics, as rule aggregate_e6 writes them.
 
-    ess: the ESS tables of every model, task and seed concatenated, one row per (model, task,
-    seed, layer, mixer, head, position) with METRICS, tau columns and tss; sequences: as for
-    `boundary_drops`; recall: one record per model (model and RECALL_COLUMNS, as rule
-    bigram_recall writes them); controls: the first is the hierarchy's; the rest are the e6 and
-    stats config values of the same names. Returns:
+    per_layer: `head_means` of every ESS table (every model, task and seed), concatenated: one
+    row per (model, task, seed, layer, position) with METRICS, tau columns, tss and at_bound;
+    sequences: as for `boundary_drops`; recall: one record per model (model and
+    RECALL_COLUMNS, as rule bigram_recall writes them); controls: the first is the hierarchy's;
+    the rest are the e6 and stats config values of the same names. Returns:
 
     - traces: `layer_traces` (mean over heads; layer ALL_LAYERS = the mean over layers);
     - boundaries: `all_boundary_drops`, one row per boundary;
@@ -448,13 +483,14 @@ def aggregate(
     - by_model: the same on the mean over layers at every metric and tau, with the model's
       recall columns;
     - correlation: `recall_correlations` of the interior rows of by_model at METRICS;
-    - profile: `summarise_profiles` of the per-layer-group profiles at METRICS;
+    - profile: `summarise_profiles` of the per-layer-group profiles at METRICS, interior
+      boundaries only;
     - hierarchy: `hierarchy_table` at METRICS against controls[0].
     """
     stats = dict(n_boot=n_boot, confidence=confidence, seed=seed)
-    taus = [column for column in ess.columns if column.startswith(TAU_PREFIX)]
-    traces = layer_traces(ess, [*METRICS, *taus, "tss"])
-    boundaries = all_boundary_drops(traces, sequences, controls, before, after, boundary_margin)
+    taus = [column for column in per_layer.columns if column.startswith(TAU_PREFIX)]
+    traces = layer_traces(per_layer, [*METRICS, *taus, "tss"])
+    boundaries = all_boundary_drops(traces, sequences, controls, before, after)
     keys = ["model", "delimiter", "control", "metric", "layer"]
     by_layer = summarise_drops_by(boundaries, keys, **stats)
     by_model = by_layer[by_layer["layer"] == ALL_LAYERS].drop(columns="layer")
@@ -462,7 +498,8 @@ def aggregate(
     by_model = by_model.merge(recall_table, on="model", how="left")
     interior = by_model[(by_model["boundaries"] == "interior") & by_model["metric"].isin(METRICS)]
     grouped = group_traces(traces, METRICS)
-    profiles = boundary_profiles(grouped, sequences, controls, offsets, METRICS, boundary_margin)
+    near_end = boundaries[boundaries["layer"] == ALL_LAYERS]
+    profiles = boundary_profiles(grouped, sequences, controls, offsets, METRICS, near_end)
     main = boundaries[boundaries["metric"].isin(METRICS)]
     return {
         "traces": traces,

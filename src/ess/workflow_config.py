@@ -194,33 +194,18 @@ def check_passages(passages: dict) -> None:
 
 
 def check_drop_windows(e6: dict) -> None:
-    """The windows of ess.boundaries.delimiter_drop must fit the sequence and hold a split.
-
-    A boundary is interior (not near_end) when its `before` splits start at least
-    max(boundary_margin, 1) splits after the start and its `after` splits end as far before the
-    end, so an interior boundary needs n_tokens >= before + after + 2 max(boundary_margin, 1).
-    """
+    """The windows of ess.boundaries.delimiter_drop must fit the sequence: one boundary's before
+    window, its gap (at least one token) and its after window lie in splits 1 .. L-1, so
+    n_tokens >= before + after + 2."""
     drop, n_tokens = e6["drop"], e6["n_tokens"]
-    before, after, margin = drop["before"], drop["after"], drop["boundary_margin"]
-    need = before + after + 2 * max(margin, 1)
+    before, after = drop["before"], drop["after"]
+    need = before + after + 2
     if n_tokens < need:
         raise ValueError(
-            f"config key e6.n_tokens = {n_tokens} cannot hold one interior boundary with "
-            f"e6.drop.before = {before}, e6.drop.after = {after} and e6.drop.boundary_margin = "
-            f"{margin}: allowed n_tokens >= before + after + 2 * max(boundary_margin, 1) = "
-            f"{need}, or smaller windows"
+            f"config key e6.n_tokens = {n_tokens} cannot hold one boundary with "
+            f"e6.drop.before = {before} and e6.drop.after = {after}: allowed n_tokens >= "
+            f"before + after + 2 = {need}, or smaller windows"
         )
-    # ESS is traced at e6.profile.offsets from every boundary (negative: in the passage before
-    # it) and on a coarse stride; each window must hold at least one traced offset.
-    offsets = e6["profile"]["offsets"]
-    windows = {"before": range(-before, 0), "after": range(1, after + 1)}
-    for key, window in windows.items():
-        if not any(offset in window for offset in offsets):
-            raise ValueError(
-                f"config key e6.drop.{key} = {drop[key]}: its window ({window.start} .. "
-                f"{window.stop - 1} tokens from the delimiter) holds none of e6.profile.offsets "
-                f"{offsets}, so no split in it is traced; allowed: a window that holds one"
-            )
 
 
 # ---------------------------------------------------------------------------------------------

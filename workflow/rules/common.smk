@@ -280,7 +280,6 @@ def e6_settings():
         "relative": config["ess"]["relative"],
         "before": e6["drop"]["before"],
         "after": e6["drop"]["after"],
-        "boundary_margin": e6["drop"]["boundary_margin"],
         "offsets": e6["profile"]["offsets"],
         "recall_orders": e6["recall"]["orders"],
         "n_boot": config["stats"]["n_boot"],

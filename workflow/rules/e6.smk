@@ -134,7 +134,6 @@ rule aggregate_e6:
         controls=config["e6"]["controls"],
         before=config["e6"]["drop"]["before"],
         after=config["e6"]["drop"]["after"],
-        boundary_margin=config["e6"]["drop"]["boundary_margin"],
         offsets=config["e6"]["profile"]["offsets"],
         hierarchy=config["e6"]["hierarchy"],
         n_boot=config["stats"]["n_boot"],

@@ -81,6 +81,8 @@ rule measure_e6_ess:
         relative=config["ess"]["relative"],
         position_stride=config["ess"]["position_stride"],
         offsets=config["e6"]["profile"]["offsets"],
+        before=config["e6"]["drop"]["before"],
+        after=config["e6"]["drop"]["after"],
         channel_stride=lambda wildcards: model_config(wildcards.model)["channel_stride"],
         device=lambda wildcards: model_config(wildcards.model)["device"],
     message:

@@ -6,7 +6,6 @@ of the drop with recall)."""
 import json
 from pathlib import Path
 
-import pandas as pd
 from workflow_job import record, start
 
 from ess import modulation
@@ -17,7 +16,6 @@ smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 p = smk.params
 
-ess = pd.concat([pd.read_parquet(path) for path in smk.input.ess], ignore_index=True)
 sequences = {}
 for path in smk.input.sequences:
     parts = Path(path).parts  # results/sequences/{model}/{delimiter}/seed{seed}.json
@@ -25,14 +23,16 @@ for path in smk.input.sequences:
     sequences[parts[-3], parts[-2], seed] = read_sequence(path)
 modulation.check_controls(sequences, reference=p.delimiters[0])
 recall = [json.loads(Path(path).read_text()) for path in smk.input.recall]
+# Each ESS table is reduced to its per-layer traces as it is read (bounded memory).
+lengths = {(model, seed): built.length for (model, _, seed), built in sequences.items()}
+per_layer = modulation.read_head_means(smk.input.ess, lengths)
 tables = modulation.aggregate(
-    ess,
+    per_layer,
     sequences,
     recall,
     controls=p.controls,
     before=p.before,
     after=p.after,
-    boundary_margin=p.boundary_margin,
     offsets=p.offsets,
     hierarchy=p.hierarchy,
     correlation=p.correlation,

@@ -22,7 +22,13 @@ for seed, operators, sequence_file, output in zip(
 ):
     sequence = read_sequence(sequence_file, p.condition)
     positions = trace_positions(
-        sequence.boundaries, sequence.passage_spans, sequence.length, p.offsets, p.position_stride
+        sequence.boundaries,
+        sequence.passage_spans,
+        sequence.length,
+        p.offsets,
+        p.position_stride,
+        p.before,
+        p.after,
     )
     table = sequence_ess(
         load_operators(operators, layers=p.layers),
