@@ -3,8 +3,9 @@ thinned only in counts, so that a CPU node can run every rule once.
 
 What is kept, and what is thinned:
 
-- shapes: vocab 8192, d_model 256, 2 layers; every sequence length of the grid (one difficulty
-  per L, the largest number of key-value pairs); the largest state size (1024) of E1 and E3;
+- shapes: vocab 8192, d_model 256, 2 layers; every sequence length of MQAR's grid (one
+  difficulty per L, the largest number of key-value pairs), selective copying and compression
+  at their largest L; the largest state size (1024) of E1 and E3;
   E3-E7 at their own difficulties and state sizes;
 - counts: 1 seed, 2 steps of 1 sequence, 16 training and 4 test sequences, 1 sequence for the
   ESS, E4 at one lambda and one layer set, E5 with one teacher and one student, E3 at one
@@ -54,10 +55,12 @@ def thin_synthetic(synthetic: dict) -> dict:
         for fields in (task.get("train") or {}).values():
             fields.update({k: v for k, v in THINNED_TRAIN.items() if k in fields})
     e1 = s["e1"]
-    e1["tasks"] = {
+    lengths = {
         task: one_difficulty_per_length({d: s["tasks"][task]["difficulties"][d] for d in names})
         for task, names in e1["tasks"].items()
     }
+    # MQAR, the paper's main task: one difficulty per L; the others at their largest L only
+    e1["tasks"] = {task: names if task == "mqar" else names[-1:] for task, names in lengths.items()}
     e1["state_sizes"] = [max(e1["state_sizes"])]
     if "e3" in s:
         s["e3"]["state_sizes"] = [max(s["e3"]["state_sizes"])]
