@@ -145,7 +145,11 @@ def _trace_settings(args: argparse.Namespace) -> dict:
         raise ValueError(f"bad --out {args.out}: the table is a .parquet file")
     if args.plot is not None and args.plot.suffix != ".png":
         raise ValueError(f"bad --plot {args.plot}: the picture is a .png file")
-    tolerance = args.verify_tol or (1e-3 if args.dtype == "float32" else 3e-2)
+    import torch
+
+    from ess.hf import verify_tolerance
+
+    tolerance = args.verify_tol or verify_tolerance(getattr(torch, args.dtype))
     return {
         "max_tokens": args.max_tokens,
         "layers": args.layers,
