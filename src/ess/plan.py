@@ -13,6 +13,7 @@ This module imports no torch at import time: the Snakefile plans before any job 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -385,8 +386,18 @@ def synthetic_ess_cost(specs: list[dict], n_sequences: int, device: str) -> Cost
         for kind in layers:
             operators = d if kind == "S6" else heads
             # the path ess.measure.layer_ess takes for this layer
-            if kind in ("SA", "SWA") or cheaper_path(L, N, L - 1, operators) == "dense":
+            if kind in ("SA", "SWA"):
                 one = cost.dense_cost(L, operators * n_sequences, L - 1, device)
+            elif cheaper_path(L, N, L - 1, operators) == "dense":
+                one = cost.dense_cost(L, operators * n_sequences, L - 1, device)
+                # the recurrence's factors A, B, C per channel in float64, and its T built
+                # row by row (ess.measure._dense_ssm_ess), before the dense path runs
+                held = 8 * operators * n_sequences * L * (3 * N + L + N) / cost.MB
+                one = dataclasses.replace(
+                    one,
+                    host_mb=one.host_mb + (0 if device == "cuda" else held),
+                    gpu_mb=one.gpu_mb + (held if device == "cuda" else 0),
+                )
             else:
                 one = cost.realisation_cost(L, N, operators * n_sequences, device)
             total = one if total is None else total + one
