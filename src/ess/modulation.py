@@ -370,9 +370,12 @@ def recall_correlation(
     (why r is NaN: fewer than 3 measured models or a constant column).
     """
     rows = drops.dropna(subset=["mean", "recall_gain"])
-    measured = rows[
-        [excludes_zero(lo, hi) for lo, hi in rows[["recall_gain_lo", "recall_gain_hi"]].to_numpy()]
-    ]
+    # a boolean array, not a list: an empty list would select no columns, not no rows
+    mask = np.array(
+        [excludes_zero(lo, hi) for lo, hi in rows[["recall_gain_lo", "recall_gain_hi"]].to_numpy()],
+        dtype=bool,
+    )
+    measured = rows.loc[mask]
     out = {"method": method, "n_models": len(rows), "n_measured": len(measured)}
     out |= {"models": ", ".join(measured["model"]), "r": np.nan, "lo": np.nan, "hi": np.nan}
     try:

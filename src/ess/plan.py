@@ -350,9 +350,11 @@ def attempts_needed(job: Job, config: dict) -> int:
 
 def train_retries(jobs: Iterable[Job], config: dict, spare: int = 2) -> int:
     """Retries of train_synthetic: enough attempts for its longest resumable run to finish
-    across time limits, plus `spare` for failures (each attempt asks for more memory)."""
+    across time limits, plus `spare` for failures (each attempt asks for more memory); 0 when
+    every run fits one attempt (the rule then takes the profile's `retries`)."""
     runs = [j for j in jobs if j.rule == "train_synthetic" and j.notes["resumable"]]
-    return max((attempts_needed(j, config) for j in runs), default=1) - 1 + spare
+    most = max((attempts_needed(j, config) for j in runs), default=1)
+    return most - 1 + spare if most > 1 else 0  # 0: the profile's retries, as for every rule
 
 
 def micro_batch_size(spec: dict, gpu_mem_mb: float) -> int:
