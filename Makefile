@@ -8,7 +8,7 @@ CORES ?= all
 # Rules call tools of the venv (papermill) by name, as they would in an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install reproduce report status test lint benchmark clean
+.PHONY: install reproduce report status test lint benchmark rehearsal clean
 
 $(BIN)/ess: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: install
 # Linters, then every test (the SLURM tests run when tests/slurm/start-cluster.sh is up).
 test: lint
 	$(BIN)/pytest
+
+# config/paper.yaml's whole DAG at its shapes, thinned in counts, under the local SLURM
+# (tests/slurm/start-cluster.sh first): every job's MaxRSS and Elapsed against the plan.
+rehearsal: install
+	ESS_REHEARSAL=1 $(BIN)/pytest tests/test_rehearsal.py -s
 
 benchmark: install
 	$(BIN)/python benchmarks/bench_ess.py
