@@ -283,7 +283,7 @@ def test_gpu_request_reaches_slurm(slurm_cluster, tmp_path):
 def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_path):
     """The user's command, `snakemake --profile slurm all`, in a fresh checkout whose
     config/config.yaml holds the small target (tests/test_workflow.py SMALL_CONFIG: SmolLM2
-    from PyPI, layers 0 and 29, one delimiter, one control, L=256): every non-local job is its
+    from PyPI, layer 29, one delimiter, one control, L=256): every non-local job is its
     own COMPLETED SLURM job, and each manifest names the job that wrote it. Two options fit
     the run to this node: a 5 s first status check and one thread per job. Memory requests
     come from the cost model: each job asks SLURM for what `ess plan` says it will."""
@@ -321,7 +321,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "convert_model": 1,
         "make_sequence": 1,
         "capture_operators": 2,  # the delimiter and the control
-        "measure_e6_ess": 2,  # layers 0 and 29 in one job per task
+        "measure_e6_ess": 2,  # one job per task
         "bigram_recall": 1,
         "aggregate_e6": 1,
         "e6_figure": len(FIGURES),

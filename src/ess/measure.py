@@ -22,7 +22,7 @@ from ess.dense_path import effective_state_size
 from ess.kernels import materialise_by_rows
 from ess.layers import Channels, LayerOperator
 from ess.metric import EssResult, tolerance_ess
-from ess.models import LanguageModel
+from ess.models import LanguageModel, ModelConfig
 from ess.realisation_path import effective_state_size_ssm
 
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -178,11 +178,10 @@ def _dense_ssm_ess(
 OPERATOR_GROUP_BYTES = 2**30
 
 
-def operator_bytes_per_sequence(model: LanguageModel, length: int) -> int:
-    """Bytes of one sequence's operators of every layer of `model` (LanguageModel.operators):
-    T (H, L, L) for attention, A, B, C (channels, L, N) for a recurrence (S6: d_model channels,
-    the others n_heads), in float32."""
-    config = model.config
+def operator_bytes_per_sequence(config: ModelConfig, length: int) -> int:
+    """Bytes of one sequence's operators of every layer of a LanguageModel(config)
+    (LanguageModel.operators): T (H, L, L) for attention, A, B, C (channels, L, N) for a
+    recurrence (S6: d_model channels, the others n_heads), in float32."""
     total = 0
     for kind in config.layer_kinds():
         if kind in ("SA", "SWA"):
@@ -215,7 +214,7 @@ def model_ess(
     if len(tolerances) == 0:
         raise ValueError("tolerances must name at least one tau")
     model.to(device).eval()
-    per_sequence = operator_bytes_per_sequence(model, inputs.shape[1])
+    per_sequence = operator_bytes_per_sequence(model.config, inputs.shape[1])
     group = max(1, OPERATOR_GROUP_BYTES // per_sequence)
     sums: dict[int, dict] = {}
     for start in range(0, len(inputs), group):

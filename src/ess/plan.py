@@ -375,35 +375,52 @@ def micro_batch_size(spec: dict, gpu_mem_mb: float) -> int:
 
 def synthetic_ess_cost(specs: list[dict], n_sequences: int, device: str) -> Cost:
     """One measure_synthetic_ess job: the model_ess of each run (seed) of a cell on
-    n_sequences test sequences, every split, each layer on its cheaper exact path."""
-    from ess.measure import cheaper_path
+    n_sequences test sequences, every split, each layer on its cheaper exact path. Time counts
+    every sequence; memory the group of sequences ess.measure.model_ess holds at once (their
+    operators within OPERATOR_GROUP_BYTES)."""
+    from ess.measure import OPERATOR_GROUP_BYTES, operator_bytes_per_sequence
+    from ess.models import ModelConfig
 
     total = None
     for spec in specs:
         model, L = spec["model"], spec["task"]["seq_len"]
+        per_sequence = operator_bytes_per_sequence(ModelConfig(**model), L)
+        at_once = min(n_sequences, max(1, OPERATOR_GROUP_BYTES // per_sequence))
         N, d = model.get("state_size", 16), model.get("d_model", 64)
         heads = model.get("n_heads", 1)  # ModelConfig's default when the config leaves it out
         kinds = mixers_of(model.get("layers", "GLA"))
         layers = [kinds[i % len(kinds)] for i in range(model["n_layers"])]
         for kind in layers:
             operators = d if kind == "S6" else heads
-            # the path ess.measure.layer_ess takes for this layer
-            if kind in ("SA", "SWA"):
-                one = cost.dense_cost(L, operators * n_sequences, L - 1, device)
-            elif cheaper_path(L, N, L - 1, operators) == "dense":
-                one = cost.dense_cost(L, operators * n_sequences, L - 1, device)
-                # the recurrence's factors A, B, C per channel in float64, and its T built
-                # row by row (ess.measure._dense_ssm_ess), before the dense path runs
-                held = 8 * operators * n_sequences * L * (3 * N + L + N) / cost.MB
-                one = dataclasses.replace(
-                    one,
-                    host_mb=one.host_mb + (0 if device == "cuda" else held),
-                    gpu_mb=one.gpu_mb + (held if device == "cuda" else 0),
-                )
-            else:
-                one = cost.realisation_cost(L, N, operators * n_sequences, device)
+            one = layer_ess_cost(kind, L, N, operators, n_sequences, at_once, device)
             total = one if total is None else total + one
     return total + Cost(0, 0, 0, 0, disk_mb=0.01 * len(specs))
+
+
+def layer_ess_cost(
+    kind: str, L: int, N: int, operators: int, sequences: int, at_once: int, device: str
+) -> Cost:
+    """One layer's ESS on `sequences` sequences, `at_once` of them held together, by the path
+    ess.measure.layer_ess takes (attention: dense; a recurrence: ess.measure.cheaper_path)."""
+    from ess.measure import cheaper_path
+
+    dense = kind in ("SA", "SWA") or cheaper_path(L, N, L - 1, operators) == "dense"
+    if dense:
+        work = cost.dense_cost(L, operators * sequences, L - 1, device)
+        held = cost.dense_cost(L, operators * at_once, L - 1, device)
+    else:
+        work = cost.realisation_cost(L, N, operators * sequences, device)
+        held = cost.realisation_cost(L, N, operators * at_once, device)
+    extra = 0.0
+    if dense and kind not in ("SA", "SWA"):
+        # the recurrence's factors A, B, C per channel in float64, and its T built row by
+        # row (ess.measure._dense_ssm_ess), before the dense path runs
+        extra = 8 * operators * at_once * L * (3 * N + L + N) / cost.MB
+    return dataclasses.replace(
+        work,
+        host_mb=held.host_mb + (0 if device == "cuda" else extra),
+        gpu_mb=held.gpu_mb + (extra if device == "cuda" else 0),
+    )
 
 
 def synthetic_jobs(config: dict, gpu_mem_mb: float) -> list[Job]:
