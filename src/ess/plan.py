@@ -212,7 +212,9 @@ def forward_cost(shape: E6Shape, length: int, sequences: int, device: str) -> Co
     attention = 4 * shape.heads * length * length / cost.MB if shape.kind == "attention" else 0
     on_gpu = device == "cuda"
     return Cost(
-        host_mb=cost.PROCESS_MB + weights * (1 if on_gpu else 2) + (0 if on_gpu else attention),
+        host_mb=cost.TRANSFORMERS_PROCESS_MB
+        + weights * (1 if on_gpu else 2)
+        + (0 if on_gpu else attention),
         gpu_mb=cost.CUDA_CONTEXT_MB + weights + attention if on_gpu else 0.0,
         cpu_seconds=cpu,
         gpu_seconds=cost.gpu_seconds(cpu, False, cost.GPU_EFFICIENCY_TRAIN) if on_gpu else 0.0,
