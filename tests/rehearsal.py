@@ -100,6 +100,7 @@ STANDIN_KV_HEADS = {"mistral": 2, "llama": 2}
 
 def standin_parameters(directory) -> int:
     """Parameters stored in a model directory's safetensors files."""
+    import math
     from pathlib import Path
 
     from safetensors import safe_open
@@ -109,7 +110,7 @@ def standin_parameters(directory) -> int:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 shape = f.get_slice(key).get_shape()
-                total += int(__import__("math").prod(shape))
+                total += math.prod(shape)
     return total
 
 

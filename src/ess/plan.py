@@ -237,7 +237,6 @@ def e6_jobs(config: dict) -> list[Job]:
     length, seeds, tasks = e6["n_tokens"], len(e6["seeds"]), e6_tasks(config)
     splits = e6_splits(config)
     jobs: list[Job] = []
-    persistent = {}
     for name in e6_models(config):
         model = config["models"][name]
         shape = e6_shape(name, model)
@@ -279,7 +278,6 @@ def e6_jobs(config: dict) -> list[Job]:
         if e6["recall"]["enabled"]:
             jobs.append(_job(config, "bigram_recall", name, forward_cost(
                 shape, length, e6["recall"]["orders"], device)))  # fmt: skip
-        persistent[name] = file_mb * seeds * len(tasks)
     if not jobs:
         return jobs
     rows = sum(j.notes.get("rows", 0) for j in jobs)
