@@ -41,6 +41,12 @@ include: "workflow/rules/e6.smk"
 include: "workflow/rules/synthetic.smk"
 
 
+# Every job within the cluster section's limits, by its cost estimate (ess plan): after every
+# rules file has validated its section, once, in the process the user started.
+if workflow.is_main_process:
+    check_plan(config)
+
+
 # Cheap bookkeeping: never submitted to a cluster.
 localrules:
     all,

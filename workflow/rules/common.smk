@@ -27,10 +27,6 @@ check_model_sources(config, workflow.source_path(SCHEMA))
 validate(config, SCHEMA)
 # What the schema cannot say: sizes that must fit each other, names that must exist.
 check_config(config)
-# Every job within the cluster section's limits, by its cost estimate (ess plan): once, in the
-# process the user started, not again in each job's.
-if workflow.is_main_process:
-    check_plan(config)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).
