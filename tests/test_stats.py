@@ -8,7 +8,11 @@ from hypothesis.extra.numpy import arrays
 
 from ess.stats import (
     bootstrap_mean_ci,
+    cluster_bootstrap_rows,
     correlation_with_ci,
+    groups_to_decide,
+    minimum_detectable_effect,
+    paired_correlation_difference,
     pearson_rows,
     positive_verdict,
     spearman_rows,
@@ -131,3 +135,84 @@ def test_row_correlation_of_a_constant_row_is_nan():
 )
 def test_positive_verdict_reads_the_interval(lo, hi, verdict):
     assert positive_verdict(lo, hi) == verdict
+
+
+def test_cluster_bootstrap_keeps_a_groups_rows_together():
+    groups = ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+    for rows in cluster_bootstrap_rows(groups, n_boot=50, seed=3):
+        assert rows.size == 9
+        for block in rows.reshape(3, 3):  # each drawn group is one whole block of 3 rows
+            assert block.tolist() in ([0, 1, 2], [3, 4, 5], [6, 7, 8])
+    unequal = cluster_bootstrap_rows(["a", "b", "b"], n_boot=20, seed=0)
+    assert {tuple(sorted(set(r.tolist()))) for r in unequal} <= {(0,), (1, 2), (0, 1, 2)}
+    assert all(r.size in (2, 3, 4, 6) for r in unequal)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_paired_difference_of_identical_columns_is_zero(method):
+    x = np.random.default_rng(4).normal(size=30)
+    y = x + np.random.default_rng(5).normal(size=30)
+    groups = np.repeat(np.arange(10), 3)
+    assert paired_correlation_difference(x, x, y, groups, method, n_boot=300) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+def test_paired_difference_is_positive_when_only_the_first_ranks_accuracy(method):
+    """20 cells of 3 seeds: accuracy rises with the first column exactly (its rank order is
+    perfect), while the second is accuracy plus noise as large as its spread."""
+    rng = np.random.default_rng(6)
+    accuracy = np.repeat(np.linspace(0.05, 1.0, 20), 3) + rng.normal(0, 0.01, 60)
+    first = 2.0 * accuracy + 1.0
+    second = accuracy + rng.normal(0, 0.4, 60)
+    groups = np.repeat(np.arange(20), 3)
+    d, lo, hi = paired_correlation_difference(first, second, accuracy, groups, method, n_boot=500)
+    r_first = correlation_with_ci(first, accuracy, method)[0]
+    r_second = correlation_with_ci(second, accuracy, method)[0]
+    assert d == pytest.approx(r_first - r_second) and r_first == pytest.approx(1.0)
+    assert 0.0 < lo <= d <= hi
+    reversed_d, reversed_lo, reversed_hi = paired_correlation_difference(
+        second, first, accuracy, groups, method, n_boot=500
+    )
+    assert (reversed_d, reversed_lo, reversed_hi) == pytest.approx((-d, -hi, -lo))
+
+
+def test_paired_difference_is_seeded_and_resamples_cells():
+    rng = np.random.default_rng(7)
+    y = rng.uniform(size=24)
+    a, b = y + rng.normal(0, 0.3, 24), y + rng.normal(0, 0.3, 24)
+    groups = np.repeat(np.arange(8), 3)
+    first = paired_correlation_difference(a, b, y, groups, n_boot=200, seed=1)
+    assert first == paired_correlation_difference(a, b, y, groups, n_boot=200, seed=1)
+    assert first != paired_correlation_difference(a, b, y, groups, n_boot=200, seed=2)
+    # the cells change what is resampled (the interval), not the estimate
+    per_run = paired_correlation_difference(a, b, y, np.arange(24), n_boot=200, seed=1)
+    assert first[0] == per_run[0] and first[1:] != per_run[1:]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0], [0, 1, 2]), "one length"),
+        (([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0], [0, 1, 2]), "worse is constant"),
+        (([1.0, np.nan, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0, 1, 2]), "non-finite"),
+    ],
+)
+def test_paired_difference_rejects_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        paired_correlation_difference(*args)
+
+
+def test_groups_to_decide_scales_with_the_interval_and_the_effect():
+    # an interval of half-width 1.96 SE: SE = 0.1 at 95%; n = 20 (2.80 SE / 0.1)^2 = 157
+    z = 1.959963984540054
+    lo, hi = 0.1 - z * 0.1, 0.1 + z * 0.1
+    assert groups_to_decide(0.1, lo, hi, 20) == 157.0
+    # an effect already decided at this size needs no more groups than n (and at least 1)
+    assert groups_to_decide(0.5, 0.3, 0.7, 20) <= 20
+    # twice the effect: a quarter of the groups; the sign does not matter
+    assert groups_to_decide(-0.2, -0.2 - z * 0.1, -0.2 + z * 0.1, 20) == 40.0
+    assert groups_to_decide(0.0, -0.1, 0.1, 20) == float("inf")
+    assert np.isnan(groups_to_decide(float("nan"), 0.0, 1.0, 20))
+    # consistent with minimum_detectable_effect: at the MDE the current n is what is needed
+    mde = minimum_detectable_effect(lo, hi)
+    assert groups_to_decide(mde, lo, hi, 20) == 20.0

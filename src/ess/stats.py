@@ -167,3 +167,104 @@ def minimum_detectable_effect(
     z_c = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
     z_p = NormalDist().inv_cdf(power)
     return float((z_c + z_p) * (hi - lo) / (2.0 * z_c))
+
+
+def _group_rows(groups: Sequence | np.ndarray) -> list[np.ndarray]:
+    """The row indices of each distinct value of `groups`, groups in order of first appearance."""
+    codes = {}
+    for i, group in enumerate(groups):
+        codes.setdefault(group, []).append(i)
+    return [np.asarray(rows, dtype=np.int64) for rows in codes.values()]
+
+
+def cluster_bootstrap_rows(
+    groups: Sequence | np.ndarray, n_boot: int, seed: int
+) -> list[np.ndarray]:
+    """The rows of n_boot cluster resamples: each draws len(set(groups)) groups with
+    replacement (numpy's default_rng(seed), `bootstrap_indices`) and keeps every row of each
+    drawn group, so rows of one group (a cell's seeds) stay together. Returns n_boot index
+    arrays; all of one length when every group has as many rows."""
+    rows = _group_rows(groups)
+    draws = bootstrap_indices(len(rows), n_boot, seed)
+    sizes = {len(r) for r in rows}
+    if len(sizes) == 1:  # equal groups: one (n_boot, n_groups * k) gather
+        table = np.stack(rows)
+        return list(table[draws].reshape(n_boot, -1))
+    return [np.concatenate([rows[g] for g in draw]) for draw in draws]
+
+
+def paired_correlation_difference(
+    better: Sequence[float] | np.ndarray,
+    worse: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    groups: Sequence | np.ndarray,
+    method: str = "spearman",
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(d, lo, hi): d = corr(better, y) - corr(worse, y) and its paired cluster-bootstrap
+    percentile interval.
+
+    better, worse, y: (n,) finite numbers, n >= 3, none constant; groups: (n,) labels of the
+    clusters (E1: the cell of each run, so a cell's seeds are drawn together). Each resample
+    draws the groups with replacement (`cluster_bootstrap_rows`) and computes both
+    correlations on the same rows, so their shared noise cancels in the difference; resamples
+    where a column is constant (a correlation undefined) are left out of the interval.
+    """
+    if method not in CORRELATION_METHODS:
+        raise ValueError(f"method must be one of {CORRELATION_METHODS}, got {method!r}")
+    columns = {
+        name: _finite_vector(values, name, min_size=3)
+        for name, values in (("better", better), ("worse", worse), ("y", y))
+    }
+    sizes = {v.size for v in columns.values()} | {len(groups)}
+    if len(sizes) != 1:
+        raise ValueError(f"better, worse, y and groups must have one length, got {sorted(sizes)}")
+    for name, values in columns.items():
+        if np.ptp(values) == 0:
+            raise ValueError(f"{name} is constant ({values[0]}): its correlation is undefined")
+    _check_bootstrap_args(n_boot, confidence)
+    correlate = pearson_rows if method == "pearson" else spearman_rows
+    b, w, yy = columns.values()
+    difference = float(correlate(b, yy) - correlate(w, yy))
+    resamples = cluster_bootstrap_rows(groups, n_boot, seed)
+    if len({r.size for r in resamples}) == 1:
+        idx = np.stack(resamples)
+        stats = correlate(b[idx], yy[idx]) - correlate(w[idx], yy[idx])
+    else:
+        stats = np.array([correlate(b[i], yy[i]) - correlate(w[i], yy[i]) for i in resamples])
+    lo, hi = _percentile_interval(stats, confidence)
+    return difference, lo, hi
+
+
+def groups_to_decide(
+    estimate: float,
+    lo: float,
+    hi: float,
+    n_groups: int,
+    confidence: float = 0.95,
+    power: float = 0.8,
+) -> float:
+    """How many groups (E1: cells of seeds) a design like this one needs for an interval
+    that excludes 0 with probability `power`, if the true effect is the observed `estimate`:
+    the standard error read off [lo, hi] (half-width / z_c, as `minimum_detectable_effect`)
+    shrinks as 1/sqrt(groups), so n = n_groups ((z_c + z_power) SE / |estimate|)^2, rounded
+    up (at least 1). inf when the estimate is 0 (no number of groups decides a null effect),
+    NaN for a NaN input. Under a normal sampling distribution, and at the run's own variance
+    between groups (the cells drawn as these were)."""
+    if not 0.0 < confidence < 1.0 or not 0.0 < power < 1.0:
+        raise ValueError(f"confidence and power must be in (0, 1), got {confidence}, {power}")
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    if not all(np.isfinite([estimate, lo, hi])):
+        return float("nan")
+    if estimate == 0.0:
+        return float("inf")
+    from statistics import NormalDist
+
+    z_c = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    z_p = NormalDist().inv_cdf(power)
+    standard_error = (hi - lo) / (2.0 * z_c)
+    needed = n_groups * ((z_c + z_p) * standard_error / abs(estimate)) ** 2
+    return float(max(1, int(np.ceil(needed - 1e-9))))
