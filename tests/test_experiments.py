@@ -24,18 +24,22 @@ SYNTHETIC = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["synth
 
 
 def small_grid() -> dict:
-    """A grid with every experiment at one seed: E1 over SA and GLA at two TSS, E4 with the
-    layer sets of paper.yaml."""
+    """A grid with every experiment at one seed: E1 over SA and GLA on MQAR kv4 and kv8 at two
+    TSS, E3 with an alpha variant, E4 at two lambdas with the layer sets of paper.yaml."""
     synthetic = copy.deepcopy(SYNTHETIC)
     synthetic["seeds"] = [0]
-    synthetic["e1"].update(mixers=["SA", "GLA"], state_sizes=[8, 32])
-    synthetic["e4"]["layer_sets"] = [[0], [1]]
+    synthetic["e1"].update(tasks={"mqar": ["kv4", "kv8"]}, mixers=["SA", "GLA"])
+    synthetic["e1"]["state_sizes"] = [8, 32]
+    synthetic["e3"].update(state_sizes=[8, 32], alphas=[1.0])
+    synthetic["e4"].update(mixers=["GLA"], lambdas=[0.1, 1.0], layer_sets=[[0], [1]])
     return synthetic
 
 
 def test_the_default_grid_trains_every_run_once_with_three_seeds():
     runs = synthetic_grid(SYNTHETIC)
-    assert len(runs) == 84
+    # E1 20 cells (MQAR kv8 and compression: SA + 3 mixers x 3 TSS), E3 4 (S6 and GLA-S6 at
+    # TSS 2 and 8), E4 2 (GLA and WLA at lambda 1), E5 3 (the kv4 teacher, 2 students), E7 2
+    assert len(runs) == 93
     assert all(key == run.key == run_key(run.labels) for key, run in runs.items())
     cells = {}
     for run in runs.values():
@@ -174,7 +178,7 @@ def test_check_runs_names_the_run_and_the_bad_field():
 def test_a_cell_is_a_run_without_its_seed_and_has_every_seed():
     runs = synthetic_grid(SYNTHETIC)
     grouped = cells(runs, [2, 0, 1])
-    assert len(grouped) == 28 and sum(len(keys) for keys in grouped.values()) == len(runs)
+    assert len(grouped) == 31 and sum(len(keys) for keys in grouped.values()) == len(runs)
     assert grouped["mqar/kv8/GLA/tss32/reg1"] == [
         f"mqar/kv8/GLA/tss32/reg1/seed{seed}" for seed in (2, 0, 1)
     ]

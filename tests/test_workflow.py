@@ -79,10 +79,11 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "aggregate_e6": 1,
         "e6_figure": 4,
         "e6_table": 3,
-        # E1-E5, E7, E8: 2 MQAR difficulties x (train, test) splits; 28 distinct cells x 3 seeds
-        "make_task_split": 4,
-        "train_synthetic": 84,
-        "measure_synthetic_ess": 28,
+        # E1-E5, E7, E8: MQAR kv4 and kv8 and compression tokens16 x (train, test) splits;
+        # 31 distinct cells x 3 seeds
+        "make_task_split": 6,
+        "train_synthetic": 93,
+        "measure_synthetic_ess": 31,
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,
