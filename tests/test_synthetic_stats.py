@@ -45,17 +45,25 @@ BOOT = {"n_boot": 200, "seed": 0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def e1_runs(ess_per_item, tss_per_item, accuracy, task="mqar"):
-    """E1-like runs: one per value, memory_items 4."""
+def e1_runs(ess_per_item, tss_per_item, accuracy, task="mqar", seeds=1):
+    """E1-like runs: one per value, memory_items 4, `seeds` consecutive runs per cell."""
+    n = len(accuracy)
     return pd.DataFrame(
         {
-            "run": [f"{task}/run{i}" for i in range(len(accuracy))],
+            "run": [f"{task}/run{i}" for i in range(n)],
             "task": task,
+            "difficulty": "kv4",
+            "mixer": [f"mixer{i // seeds}" for i in range(n)],
+            "state_size": 8.0,
+            "variant": "base",
             "test_accuracy": accuracy,
             "ess_per_item": ess_per_item,
             "tss_per_item": tss_per_item,
         }
     )
+
+
+PAIRED = {"paired": ("ess_per_item", "tss_per_item"), **BOOT}
 
 
 def noise(n, seed):
@@ -92,19 +100,24 @@ def test_accuracy_correlations_pools_only_several_tasks():
 
 def test_e1_verdict_holds_when_only_ess_tracks_accuracy():
     accuracy = np.linspace(0.1, 0.9, 30)
-    runs = e1_runs(accuracy * 3, noise(30, 3), accuracy)
-    verdict = correlation_verdict(
-        accuracy_correlations(runs, **BOOT), "ess_per_item", "tss_per_item"
-    )
-    assert verdict.verdict == "holds"
+    runs = e1_runs(accuracy * 3, noise(30, 3), accuracy, seeds=3)
+    table = accuracy_correlations(runs, **PAIRED)
+    verdict = correlation_verdict(table, "ess_per_item", "tss_per_item")
+    assert verdict.verdict == "holds", verdict.evidence
     assert "1.00 [1.00, 1.00] with ESS/kv" in verdict.evidence
+    assert "paired difference" in verdict.evidence and "10 cells" in verdict.evidence
+    difference = table[(table["x"] == "ess_per_item - tss_per_item")]
+    assert (difference["cells"] == 10).all() and (difference["n"] == 30).all()
+    assert (difference["low"] > 0).all()
+    # the decided difference needs no more cells than it had
+    assert (difference["cells_to_decide"] <= 10).all()
 
 
 def test_e1_verdict_does_not_hold_when_only_tss_tracks_accuracy():
     accuracy = np.linspace(0.1, 0.9, 30)
     runs = e1_runs(noise(30, 3), accuracy * 3, accuracy)
     verdict = correlation_verdict(
-        accuracy_correlations(runs, **BOOT), "ess_per_item", "tss_per_item"
+        accuracy_correlations(runs, **PAIRED), "ess_per_item", "tss_per_item"
     )
     assert verdict.verdict == "does not hold"
 
@@ -112,13 +125,29 @@ def test_e1_verdict_does_not_hold_when_only_tss_tracks_accuracy():
 def test_e1_verdict_is_inconclusive_or_undefined_on_weak_data():
     accuracy = noise(8, 4)
     runs = e1_runs(noise(8, 5), noise(8, 6), accuracy)
-    table = accuracy_correlations(runs, **BOOT)
-    assert correlation_verdict(table, "ess_per_item", "tss_per_item").verdict.startswith(
-        "inconclusive"
-    )
-    constant = accuracy_correlations(e1_runs(noise(8, 5), noise(8, 6), np.full(8, 0.03)), **BOOT)
+    table = accuracy_correlations(runs, **PAIRED)
+    verdict = correlation_verdict(table, "ess_per_item", "tss_per_item")
+    assert verdict.verdict == "inconclusive (the difference's interval contains 0)"
+    assert "cells (" in verdict.evidence and "would decide it" in verdict.evidence
+    constant = accuracy_correlations(e1_runs(noise(8, 5), noise(8, 6), np.full(8, 0.03)), **PAIRED)
     verdict = correlation_verdict(constant, "ess_per_item", "tss_per_item")
     assert verdict.verdict == "undefined" and "test_accuracy constant" in verdict.evidence
+    with pytest.raises(ValueError, match="paired"):
+        correlation_verdict(accuracy_correlations(runs, **BOOT), "ess_per_item", "tss_per_item")
+
+
+def test_the_paired_difference_is_the_difference_of_the_two_correlations_per_task():
+    accuracy = noise(12, 7)
+    two = pd.concat(
+        [e1_runs(accuracy + noise(12, 8), noise(12, 9), accuracy, t, seeds=3) for t in "ab"]
+    )
+    table = accuracy_correlations(two, methods=["pearson", "spearman"], **PAIRED)
+    for (task, method), rows in table.groupby(["task", "method"]):
+        r = rows.set_index("x")["r"]
+        expected = r["ess_per_item"] - r["tss_per_item"]
+        assert r["ess_per_item - tss_per_item"] == pytest.approx(expected), (task, method)
+    pooled_rows = pooled(table).set_index("x")
+    assert pooled_rows.loc["ess_per_item - tss_per_item", "cells"].tolist() == [8, 8]
 
 
 def test_combined_verdict():
@@ -310,6 +339,8 @@ def sweep_layers(n_runs=12, seed=0):
     columns = ["run", "layer", "tolerance", "ess_tolerance", "ess_entropy", "tss", "test_accuracy"]
     layers = pd.DataFrame(rows, columns=columns)
     layers["task"], layers["memory_items"] = "mqar", 4
+    layers["difficulty"], layers["variant"] = "kv4", "base"
+    layers["mixer"], layers["state_size"] = layers["run"], layers["tss"]  # a cell per run
     layers["utilisation"] = layers["ess_tolerance"] / layers["tss"]
     return layers
 
@@ -317,10 +348,16 @@ def sweep_layers(n_runs=12, seed=0):
 def test_tolerance_correlations_sweeps_tau_then_entropy_and_tss():
     layers = sweep_layers()
     table = tolerance_correlations(layers, methods=["spearman"], **BOOT)
-    assert table["measure"].tolist() == ["tolerance-ESS", "tolerance-ESS", "entropy-ESS", "TSS"]
-    assert table["tolerance"].iloc[:2].tolist() == [0.1, 1e-3]  # largest tau first
+    # each ESS measure: its correlation, then its paired difference with TSS/kv
+    measures = ["tolerance-ESS"] * 4 + ["entropy-ESS"] * 2 + ["TSS"]
+    assert table["measure"].tolist() == measures
+    assert table["x"].iloc[:2].tolist() == ["ess_per_item", "ess_per_item - tss_per_item"]
+    assert table["tolerance"].iloc[[0, 2]].tolist() == [0.1, 1e-3]  # largest tau first
     assert table["r"].iloc[0] == pytest.approx(1.0)  # ESS/kv = mean over layers / kv
-    assert table["r"].iloc[2] == pytest.approx(1.0)  # entropy-ESS tracks accuracy too
+    assert table["r"].iloc[4] == pytest.approx(1.0)  # entropy-ESS tracks accuracy too
+    tss = table["r"].iloc[-1]
+    assert table["r"].iloc[1] == pytest.approx(1.0 - tss)
+    full, table = table, table[~table["x"].str.contains(" - ")].reset_index(drop=True)
     level = model_level(layers, 1e-3)
     direct = correlation_table(
         level.assign(
@@ -336,7 +373,7 @@ def test_tolerance_correlations_sweeps_tau_then_entropy_and_tss():
         **BOOT,
     )
     assert table["r"].iloc[1] == pytest.approx(direct["r"].iloc[0])
-    verdicts = verdicts_by_tolerance(table)
+    verdicts = verdicts_by_tolerance(full)
     assert verdicts["verdict"].tolist()[0] == "holds"
     assert math.isnan(verdicts["tolerance"].iloc[-1]) and len(verdicts) == 3
 
@@ -361,11 +398,21 @@ def test_e4_text_names_layer_subsets_only_when_there_are_some():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     settings = notebook_settings(config)
     text = settings_text(settings, "e4")
-    assert "lambda 0 (the E1 run), 0.1, 1 on all layers;" in text and "on layers" not in text
+    assert "mixers GLA, WLA; TSS 32; lambda 0 (the E1 run), 1 on all layers;" in text
+    assert "on layers" not in text
     with_sets = copy.deepcopy(config)
-    with_sets["synthetic"]["e4"]["layer_sets"] = [[0], [1]]
+    with_sets["synthetic"]["e4"].update(lambdas=[0.1, 1.0], layer_sets=[[0], [1]])
     text = settings_text(notebook_settings(with_sets), "e4")
     assert "0.1, 1 on all layers, 1 on layers [[0], [1]];" in text
+
+
+def test_e3_text_names_alpha_variants_only_when_there_are_some():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    text = settings_text(notebook_settings(config), "e3")
+    assert "TSS [2, 8]; GLA-S6 with alpha = 1/sqrt(N);" in text and "alpha = 1;" not in text
+    config["synthetic"]["e3"]["alphas"] = [1.0]
+    text = settings_text(notebook_settings(config), "e3")
+    assert "GLA-S6 with alpha = 1/sqrt(N) (base) and alpha = 1;" in text
 
 
 def test_settings_text_states_the_config():

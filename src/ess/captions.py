@@ -99,10 +99,8 @@ def _grid_text(synthetic: dict, experiment: str) -> str:
     task = _tasks_text(synthetic, base)
     if key == "e3":
         alphas = ", ".join(map(_number, _unique(r.alpha for r in labels if r.alpha is not None)))
-        return (
-            f"{task}; mixers {mixers}; TSS {sizes}; GLA-S6 with alpha = 1/sqrt(N) (base) and "
-            f"alpha = {alphas}"
-        )
+        text = f"{task}; mixers {mixers}; TSS {sizes}; GLA-S6 with alpha = 1/sqrt(N)"
+        return text + (f" (base) and alpha = {alphas}" if alphas else "")
     if key == "e4":
         every_layer = _unique(r.reg_lambda for r in labels if r.reg_lambda and not r.reg_layers)
         some_layers = [r for r in labels if r.reg_layers]

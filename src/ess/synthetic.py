@@ -15,7 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ess.stats import CORRELATION_METHODS, correlation_with_ci
+from ess.stats import (
+    CORRELATION_METHODS,
+    correlation_with_ci,
+    groups_to_decide,
+    paired_correlation_difference,
+)
 
 FAILURE_MODES = ("learned", "saturation", "collapse")
 
@@ -102,6 +107,8 @@ COLUMN_LABELS = {
     "tss_per_item": "TSS/kv",
     "entropy_per_item": "entropy-ESS/kv",
     "test_accuracy": "test accuracy",
+    "ess_per_item - tss_per_item": "ESS/kv - TSS/kv",
+    "entropy_per_item - tss_per_item": "entropy-ESS/kv - TSS/kv",
 }
 
 
@@ -148,6 +155,80 @@ def correlation_table(
     return pd.concat(tables, ignore_index=True)
 
 
+# The labels that make a cell: a run without its seed (ess.experiments.cell_key).
+CELL_COLUMNS = ("task", "difficulty", "mixer", "state_size", "variant")
+
+
+def run_cells(runs: pd.DataFrame) -> list[tuple]:
+    """The cell of each run, from its CELL_COLUMNS labels (state_size NaN for attention)."""
+    labels = runs[list(CELL_COLUMNS)].astype(str)
+    return list(labels.itertuples(index=False, name=None))
+
+
+def difference_name(better: str, worse: str) -> str:
+    """The x of a paired-difference row: "ess_per_item - tss_per_item"."""
+    return f"{better} - {worse}"
+
+
+def correlation_difference_table(
+    runs: pd.DataFrame,
+    y: str,
+    better: str,
+    worse: str,
+    methods: Sequence[str] = CORRELATION_METHODS,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    power: float = 0.8,
+) -> pd.DataFrame:
+    """corr(better, y) - corr(worse, y) over runs, by each method, with its paired
+    cell-bootstrap interval (`paired_correlation_difference`: a run's cell, `run_cells`, is
+    drawn with all its seeds) and the cells a design like this one needs to decide it at the
+    observed difference (`groups_to_decide` at `power`; runs_to_decide = that x runs per cell).
+
+    Returns one row per method: x (`difference_name`), method, r (the difference), low, high,
+    n (runs), cells, cells_to_decide, runs_to_decide, note. Runs where a column is NaN or
+    infinite are left out; where a correlation is undefined the numbers are NaN and note says
+    why (as `correlation_table`).
+    """
+    pairs = runs[[better, worse, y, *CELL_COLUMNS]].replace([np.inf, -np.inf], np.nan)
+    pairs = pairs.dropna(subset=[better, worse, y])
+    note = _undefined_correlation(pairs[[better, worse, y]])
+    groups = run_cells(pairs)
+    n_cells = len(set(groups))
+    rows = []
+    for method in methods:
+        nan = float("nan")
+        r, low, high, needed = nan, nan, nan, nan
+        if not note:
+            r, low, high = paired_correlation_difference(
+                pairs[better].to_numpy(),
+                pairs[worse].to_numpy(),
+                pairs[y].to_numpy(),
+                groups,
+                method=method,
+                n_boot=n_boot,
+                confidence=confidence,
+                seed=seed,
+            )
+            needed = groups_to_decide(r, low, high, n_cells, confidence, power)
+        rows.append(
+            {
+                "x": difference_name(better, worse),
+                "method": method,
+                "r": r,
+                "low": low,
+                "high": high,
+                "n": len(pairs),
+                "cells": n_cells,
+                "cells_to_decide": needed,
+                "runs_to_decide": needed * len(pairs) / n_cells if n_cells else nan,
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def accuracy_correlations(
     runs: pd.DataFrame,
     xs: Sequence[str] = ("ess_per_item", "tss_per_item"),
@@ -155,22 +236,29 @@ def accuracy_correlations(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    paired: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
     """E1: `correlation_table` of test_accuracy with each x over runs, per task and, unless
-    there is exactly one task, over all runs (task "all").
+    there is exactly one task, over all runs (task "all"); with paired = (better, worse), also
+    the `correlation_difference_table` of the two in each of those groups (E1's test).
 
-    runs: one row per run with task, test_accuracy and the xs. Returns task, x, method, r,
-    low, high, n, note.
+    runs: one row per run with task, test_accuracy and the xs (and CELL_COLUMNS if paired).
+    Returns task, x, method, r, low, high, n, note (and, if paired, cells, cells_to_decide and
+    runs_to_decide, NaN on the correlation rows).
     """
     groups = list(runs.groupby("task", sort=True))
     if len(groups) != 1:
         groups.append(("all", runs))
-    tables = [
-        correlation_table(group, "test_accuracy", xs, methods, n_boot, confidence, seed).assign(
-            task=task
-        )
-        for task, group in groups
-    ]
+    boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    tables = []
+    for task, group in groups:
+        table = correlation_table(group, "test_accuracy", xs, methods, **boot)
+        if paired is not None:
+            difference = correlation_difference_table(
+                group, "test_accuracy", *paired, methods=methods, **boot
+            )
+            table = pd.concat([table, difference], ignore_index=True)
+        tables.append(table.assign(task=task))
     table = pd.concat(tables, ignore_index=True)
     return table[["task", *table.columns.drop("task")]]
 
@@ -337,23 +425,28 @@ def tolerance_correlations(
     seed: int = 0,
 ) -> pd.DataFrame:
     """E8: `accuracy_correlations` of test accuracy with ESS/kv at each tau of `layers`
-    (largest first), with entropy-ESS/kv and with TSS/kv.
+    (largest first), with entropy-ESS/kv and with TSS/kv; for each ESS measure also its paired
+    difference with TSS/kv (x "ess_per_item - tss_per_item", E1's test at that measure).
 
     layers: per run x layer x tau rows (synthetic_layers) of the runs to correlate over, with
-    task, memory_items and test_accuracy. Returns measure ("tolerance-ESS", "entropy-ESS",
-    "TSS"), tolerance (NaN but for tolerance-ESS), task, x, method, r, low, high, n, note.
+    memory_items, test_accuracy and CELL_COLUMNS. Returns measure ("tolerance-ESS",
+    "entropy-ESS", "TSS"), tolerance (NaN but for tolerance-ESS), task, x, method, r, low,
+    high, n, note, cells, cells_to_decide, runs_to_decide (the last three on difference rows).
     """
-    labels = layers.groupby("run")[["task", "memory_items", "test_accuracy"]].first()
+    columns = ["memory_items", "test_accuracy", *CELL_COLUMNS]
+    labels = layers.groupby("run")[columns].first()
     boot = {"methods": methods, "n_boot": n_boot, "confidence": confidence, "seed": seed}
     taus = sorted(layers["tolerance"].unique(), reverse=True)
     tables = []
     for tau in taus:
         level = _per_item(model_level(layers, tau), labels)
-        table = accuracy_correlations(level, ["ess_per_item"], **boot)
+        paired = ("ess_per_item", "tss_per_item")
+        table = accuracy_correlations(level, ["ess_per_item"], paired=paired, **boot)
         tables.append(table.assign(measure="tolerance-ESS", tolerance=tau))
     level = _per_item(model_level(layers, taus[0]), labels)
     for measure, x in (("entropy-ESS", "entropy_per_item"), ("TSS", "tss_per_item")):
-        table = accuracy_correlations(level, [x], **boot)
+        paired = (x, "tss_per_item") if measure != "TSS" else None
+        table = accuracy_correlations(level, [x], paired=paired, **boot)
         tables.append(table.assign(measure=measure, tolerance=float("nan")))
     table = pd.concat(tables, ignore_index=True)
     return table[["measure", "tolerance", *table.columns.drop(["measure", "tolerance"])]]

@@ -16,8 +16,15 @@ import pandas as pd
 
 from ess.experiments import ATTENTION_MIXERS
 from ess.publish import interval_text
-from ess.stats import spearman_rows
-from ess.synthetic import COLUMN_LABELS, FAILURE_MODES, hardest, pooled, seed_means
+from ess.stats import positive_verdict, spearman_rows
+from ess.synthetic import (
+    COLUMN_LABELS,
+    FAILURE_MODES,
+    difference_name,
+    hardest,
+    pooled,
+    seed_means,
+)
 
 E1_CLAIM = "test accuracy correlates much better with ESS/kv than with TSS/kv"
 
@@ -84,30 +91,40 @@ def combined_verdict(claim: str, parts: Sequence[Part]) -> Verdict:
 def correlation_verdict(
     table: pd.DataFrame, better: str, worse: str, method: str = "spearman", claim: str = E1_CLAIM
 ) -> Verdict:
-    """Does accuracy correlate better with `better` than with `worse`?
+    """Does accuracy correlate better with `better` than with `worse`? Decided by the paired
+    difference r(better) - r(worse) and its cell-bootstrap interval (docs/method.md E1).
 
-    table: `correlation_table` rows of one group (x, method, r, low, high, n, note).
-    "holds": r(better) > r(worse) with disjoint CIs; "does not hold": r(worse) > r(better) with
-    disjoint CIs; "inconclusive (CIs overlap)" otherwise; "undefined" when either r is NaN.
+    table: `accuracy_correlations(..., paired=(better, worse))` rows of one group: the two
+    correlation rows and the difference row (x `difference_name(better, worse)`).
+    "holds": the difference's interval lies above 0; "does not hold": below 0; "inconclusive
+    (the difference's interval contains 0)" otherwise, with the cells (and runs) that would
+    decide it at the observed difference; "undefined" when a correlation is NaN.
     """
     rows = table[table["method"] == method].set_index("x")
-    b, w = rows.loc[better], rows.loc[worse]
+    name = difference_name(better, worse)
+    if name not in rows.index:
+        raise ValueError(f"no paired-difference row {name!r}: use accuracy_correlations(paired=)")
+    b, w, d = rows.loc[better], rows.loc[worse], rows.loc[name]
     label = {x: COLUMN_LABELS.get(x, x) for x in (better, worse)}
-    if np.isnan(b["r"]) or np.isnan(w["r"]):
+    if np.isnan(b["r"]) or np.isnan(w["r"]) or np.isnan(d["r"]):
         notes = "; ".join(f"{label[x]}: {rows.loc[x, 'note']}" for x in (better, worse))
         return Verdict(claim, "undefined", f"{method} r {notes}")
     evidence = (
         f"{method} r = {interval_text(b['r'], b['low'], b['high'])} with {label[better]} vs "
-        f"{interval_text(w['r'], w['low'], w['high'])} with "
-        f"{label[worse]} over {int(b['n'])} runs"
+        f"{interval_text(w['r'], w['low'], w['high'])} with {label[worse]} over "
+        f"{int(b['n'])} runs; paired difference {interval_text(d['r'], d['low'], d['high'])} "
+        f"(cells of seeds resampled, {int(d['cells'])} cells)"
     )
-    if b["low"] > w["high"]:
-        verdict = "holds"
-    elif w["low"] > b["high"]:
-        verdict = "does not hold"
-    else:
-        verdict = "inconclusive (CIs overlap)"
-    return Verdict(claim, verdict, evidence)
+    verdict = positive_verdict(d["low"], d["high"])
+    if verdict == "not shown":
+        needed = d["cells_to_decide"]
+        if np.isfinite(needed):
+            evidence += (
+                f"; at this difference about {int(needed)} cells ({int(d['runs_to_decide'])} "
+                f"runs) would decide it"
+            )
+        return Verdict(claim, "inconclusive (the difference's interval contains 0)", evidence)
+    return Verdict(claim, "holds" if verdict == "held" else "does not hold", evidence)
 
 
 def collapse_verdict(
