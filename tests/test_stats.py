@@ -215,4 +215,7 @@ def test_groups_to_decide_scales_with_the_interval_and_the_effect():
     assert np.isnan(groups_to_decide(float("nan"), 0.0, 1.0, 20))
     # consistent with minimum_detectable_effect: at the MDE the current n is what is needed
     mde = minimum_detectable_effect(lo, hi)
-    assert groups_to_decide(mde, lo, hi, 20) == 20.0
+    assert groups_to_decide(mde, mde - z * 0.1, mde + z * 0.1, 20) == 20.0
+    # a skewed interval: the half toward 0 sets the standard error
+    assert groups_to_decide(0.1, 0.1 - z * 0.1, 0.9, 20) == 157.0
+    assert groups_to_decide(-0.1, -0.9, -0.1 + z * 0.1, 20) == 157.0

@@ -247,12 +247,17 @@ def groups_to_decide(
     power: float = 0.8,
 ) -> float:
     """How many groups (E1: cells of seeds) a design like this one needs for an interval
-    that excludes 0 with probability `power`, if the true effect is the observed `estimate`:
-    the standard error read off [lo, hi] (half-width / z_c, as `minimum_detectable_effect`)
-    shrinks as 1/sqrt(groups), so n = n_groups ((z_c + z_power) SE / |estimate|)^2, rounded
-    up (at least 1). inf when the estimate is 0 (no number of groups decides a null effect),
-    NaN for a NaN input. Under a normal sampling distribution, and at the run's own variance
-    between groups (the cells drawn as these were)."""
+    that excludes 0 with probability `power`, if the true effect is the observed `estimate`.
+
+    The standard error is read off the interval's half on the side of 0 (SE = (estimate - lo)
+    / z_c for a positive estimate, (hi - estimate) / z_c for a negative one; the whole width
+    / 2 z_c, as `minimum_detectable_effect`, if the estimate lies outside [lo, hi]), since a
+    percentile-bootstrap interval can be skewed and that side decides. It shrinks as
+    1/sqrt(groups), so n = n_groups ((z_c + z_power) SE / |estimate|)^2, rounded up (at least
+    1; it can exceed n_groups for an interval that already excludes 0, which then did so with
+    less than `power`). inf when the estimate is 0 (no number of groups decides a null
+    effect), NaN for a NaN input. Under a normal sampling distribution, and at the run's own
+    variance between groups (further cells drawn like these)."""
     if not 0.0 < confidence < 1.0 or not 0.0 < power < 1.0:
         raise ValueError(f"confidence and power must be in (0, 1), got {confidence}, {power}")
     if n_groups < 1:
@@ -265,6 +270,8 @@ def groups_to_decide(
 
     z_c = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
     z_p = NormalDist().inv_cdf(power)
-    standard_error = (hi - lo) / (2.0 * z_c)
+    toward_zero = estimate - lo if estimate > 0 else hi - estimate
+    half_width = toward_zero if lo <= estimate <= hi else (hi - lo) / 2.0
+    standard_error = half_width / z_c
     needed = n_groups * ((z_c + z_p) * standard_error / abs(estimate)) ** 2
     return float(max(1, int(np.ceil(needed - 1e-9))))

@@ -166,8 +166,13 @@ def run_cells(runs: pd.DataFrame) -> list[tuple]:
 
 
 def difference_name(better: str, worse: str) -> str:
-    """The x of a paired-difference row: "ess_per_item - tss_per_item"."""
+    """The x of a paired-difference row: "ess_per_item - tss_per_item" (`is_difference`)."""
     return f"{better} - {worse}"
+
+
+def is_difference(table: pd.DataFrame) -> pd.Series:
+    """Which rows of a correlation table are paired differences (x `difference_name`)."""
+    return table["x"].str.contains(" - ", regex=False)
 
 
 def correlation_difference_table(
