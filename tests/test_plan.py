@@ -59,7 +59,7 @@ def test_oversized_cell_is_refused_by_name_in_the_dry_run(tmp_path):
     run = dry_run(tmp_path, "all", "--configfile", str(overlay))
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "train_synthetic mqar/kv4/LA/tss262144/base/seed0: host memory" in output
+    assert "train_synthetic mqar/kv8/LA/tss262144/base/seed0: host memory" in output
     assert "> cluster.node_mem_gb 32" in output
     assert "To proceed" in output
     assert "tss8/" not in output.split("exceed the limits", 1)[1]  # only the oversized cells
@@ -80,7 +80,7 @@ def test_ess_plan_prints_the_table_and_fails_on_a_job_over_the_limits(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1
-    assert "train_synthetic mqar/kv4/GLA/tss262144/base/seed2: host memory" in bad.stdout
+    assert "train_synthetic mqar/kv8/GLA/tss262144/base/seed2: host memory" in bad.stdout
 
 
 def test_resources_grow_with_the_attempt_and_stay_within_the_limits():
