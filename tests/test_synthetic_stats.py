@@ -203,6 +203,15 @@ def test_collapse_verdict_on_the_hardest_difficulty(gla_utilisation, la_utilisat
     assert "mqar kv8" in verdict.evidence and "kv4" not in verdict.evidence.split(";")[0]
 
 
+def test_collapse_verdict_is_inconclusive_when_no_gla_or_wla_run_failed():
+    runs = stateful_runs(
+        [("GLA", "kv8", 8, 32, 0.1, 0.9), ("WLA", "kv8", 8, 32, 0.1, 0.8)]
+        + [("LA", "kv8", 8, 32, 0.1, 0.1)]
+    )
+    verdict = collapse_verdict(failure_mode_table(runs, 0.5, 0.5))
+    assert verdict.verdict == "inconclusive (no GLA/WLA run failed there)", verdict.evidence
+
+
 def test_collapse_verdict_undefined_without_reference():
     runs = stateful_runs([("GLA", "kv8", 8, 32, 0.1, 0.1)])
     assert collapse_verdict(failure_mode_table(runs, 0.5, 0.5)).verdict == "undefined"
@@ -261,6 +270,14 @@ def test_regulariser_table_and_verdict():
     worse = regulariser_table(e4_runs(0.1, 0.2).query("mixer == 'GLA'"))
     assert regulariser_verdict(worse, reference).verdict == "does not hold"
     assert regulariser_verdict(table, reference.head(0)).verdict == "undefined (part 2)"
+    # the lambda = 0 run (accuracy 0.1, ESS/TSS 0.2) failed with its state unused: collapse
+    e2 = {"learned_accuracy": 0.5, "saturation_utilisation": 0.5}
+    counted = regulariser_verdict(table, reference, e2)
+    assert counted.verdict == verdict.verdict
+    assert counted.evidence.endswith("; 1 of 1 runs at lambda 0 collapsed")
+    e2["learned_accuracy"] = 0.05  # now it learned
+    evidence = regulariser_verdict(table, reference, e2).evidence
+    assert evidence.endswith("; 0 of 1 runs at lambda 0 collapsed (no collapse to counter)")
 
 
 def e5_runs(losses_of_high_ess_teacher, losses_of_low_ess_teacher):

@@ -21,6 +21,7 @@ from ess.synthetic import (
     COLUMN_LABELS,
     FAILURE_MODES,
     difference_name,
+    failure_mode,
     hardest,
     pooled,
     seed_means,
@@ -134,13 +135,17 @@ def collapse_verdict(
     `collapsing` runs labelled "collapse" against the share of `reference` runs.
 
     "holds": the collapsing share is above 0 and above the reference's; "does not hold":
-    otherwise; "undefined": no collapsing or no reference runs there.
+    otherwise, when some `collapsing` run failed there (collapse or saturation);
+    "inconclusive (no GLA/WLA run failed there)" when every one learned: the setting was not
+    hard for them, so collapse was not tested; "undefined": no collapsing or no reference runs
+    there.
     """
     hard = hardest(modes)
     where = ", ".join(sorted(set(hard["task"] + " " + hard["difficulty"])))
     counts = modes["failure_mode"].value_counts()
     labels = ", ".join(f"{mode} {counts.get(mode, 0)}" for mode in FAILURE_MODES)
     collapsed = {}  # group name -> (runs labelled collapse, runs)
+    failed = (hard["mixer"].isin(collapsing) & (hard["failure_mode"] != "learned")).sum()
     for name, mixers in (("/".join(collapsing), collapsing), (reference, [reference])):
         group = hard[hard["mixer"].isin(mixers)]
         collapsed[name] = (int((group["failure_mode"] == "collapse").sum()), len(group))
@@ -151,6 +156,9 @@ def collapse_verdict(
     (k_mine, n_mine), (k_theirs, n_theirs) = collapsed.values()
     if not n_mine or not n_theirs:
         return Verdict(E2_CLAIM, "undefined", evidence)
+    if not failed:
+        failing = f"no {'/'.join(collapsing)} run failed there"
+        return Verdict(E2_CLAIM, f"inconclusive ({failing})", evidence)
     held = k_mine > 0 and k_mine / n_mine > k_theirs / n_theirs
     return Verdict(E2_CLAIM, "holds" if held else "does not hold", evidence)
 
@@ -219,11 +227,16 @@ def featurisation_verdict(runs: pd.DataFrame, learned_accuracy: float) -> Verdic
     return combined_verdict(E3_CLAIM, parts)
 
 
-def regulariser_verdict(table: pd.DataFrame, reference: pd.DataFrame) -> Verdict:
+def regulariser_verdict(
+    table: pd.DataFrame, reference: pd.DataFrame, e2: dict | None = None
+) -> Verdict:
     """E4 at the largest lambda on all layers against lambda = 0, per mixer (means over seeds
     of `regulariser_table` rows), in two parts: (1) utilisation (ESS/TSS) rises for every
     mixer; (2) accuracy is above the reference's (`reference_runs`, mean) for every mixer.
-    See `combined_verdict`."""
+    See `combined_verdict`. With e2 (synthetic.e2: learned_accuracy, saturation_utilisation)
+    the evidence also counts the lambda = 0 runs that collapsed (`failure_mode`): with none,
+    there was no collapse to counter, and the verdict says what the penalty does to a working
+    state."""
     all_layers = table[table["reg_layers"] == "all"]
     means = all_layers.groupby(["mixer", "reg_lambda"])[["utilisation", "test_accuracy"]].mean()
     top = all_layers["reg_lambda"].max() if len(all_layers) else 0.0
@@ -247,7 +260,18 @@ def regulariser_verdict(table: pd.DataFrame, reference: pd.DataFrame) -> Verdict
         accuracy = ", ".join(f"{m} {reg['test_accuracy']:.3f}" for m, (_, reg) in pairs.items())
         beats = all(reg["test_accuracy"] > floor for _, reg in pairs.values())
         parts.append((beats, f"accuracy at lambda {top:g}: {accuracy} vs reference {floor:.3f}"))
-    return combined_verdict(E4_CLAIM, parts)
+    verdict = combined_verdict(E4_CLAIM, parts)
+    if e2 is None:
+        return verdict
+    base = all_layers[all_layers["reg_lambda"] == 0.0]
+    modes = [
+        failure_mode(a, u, e2["learned_accuracy"], e2["saturation_utilisation"])
+        for a, u in zip(base["test_accuracy"], base["utilisation"], strict=True)
+    ]
+    collapsed = f"{modes.count('collapse')} of {len(modes)} runs at lambda 0 collapsed"
+    if "collapse" not in modes:
+        collapsed += " (no collapse to counter)"
+    return dataclasses.replace(verdict, evidence=f"{verdict.evidence}; {collapsed}")
 
 
 def distillation_verdict(students: pd.DataFrame) -> Verdict:
