@@ -3,7 +3,8 @@
 Every function is pure: the same arguments (seed included) give the same numbers. Intervals are
 percentile bootstrap intervals: resample the observations with replacement n_boot times (pairs
 together for a correlation), recompute the statistic, and take the (1-c)/2 and (1+c)/2
-quantiles of the resampled statistics.
+quantiles of the resampled statistics. A cluster bootstrap (`cluster_bootstrap_rows`) draws
+whole groups of observations instead (E1: a cell with all its seeds).
 """
 
 from __future__ import annotations
