@@ -263,3 +263,23 @@ def test_every_note_names_a_commit_that_exists():
             ["git", "cat-file", "-e", f"{stamp[1]}^{{commit}}"], cwd=ROOT, capture_output=True
         )
         assert found.returncode == 0, f"{note.name}: commit {stamp[1]} is not in this repository"
+
+
+def readme_layout() -> str:
+    """The README's layout tree: the code block under "## Layout"."""
+    section = README.read_text(encoding="utf-8").split("\n## Layout\n", 1)[1]
+    return FENCE.findall(section)[0]
+
+
+def test_the_readme_layout_matches_the_code():
+    """Every entry of the tree exists, and every module of src/ess and rules file is named."""
+    layout = readme_layout()
+    column = layout.splitlines()[1].index("entry point")  # where the descriptions start
+    entries = [entry for line in layout.splitlines()[1:-1] for entry in line[:column].split()]
+    missing = [entry for entry in entries if not (ROOT / entry.rstrip("/")).exists()]
+    assert entries and not missing, missing
+    words = set(re.findall(r"\w+", layout))
+    modules = {p.stem for p in (ROOT / "src" / "ess").glob("*.py")} - {"__init__"}
+    rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")}
+    unnamed = sorted((modules | rules) - words)
+    assert not unnamed, f"not in the README's layout: {unnamed}"
