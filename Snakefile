@@ -39,6 +39,8 @@ include: "workflow/rules/operators.smk"
 # notebook rules for the figures and tables it publishes (<GROUP>_FIGURES/_TABLES: `all`).
 include: "workflow/rules/e6.smk"
 include: "workflow/rules/synthetic.smk"
+# What the run found and cost, from the tables above: results/summary.md.
+include: "workflow/rules/summary.smk"
 
 
 # Every job within the cluster section's limits, by its cost estimate (ess plan): after every
@@ -55,4 +57,6 @@ localrules:
 rule all:
     default_target: True
     input:
-        published_targets(E6_FIGURES + SYNTHETIC_FIGURES, E6_TABLES + SYNTHETIC_TABLES),
+        PUBLISHED,
+        SUMMARY,
+        manifest(SUMMARY),

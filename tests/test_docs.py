@@ -121,3 +121,165 @@ def test_documented_commands_name_the_target_before_configfile():
         for match in CONFIGFILE_THEN_WORD.finditer(text)
     ]
     assert not wrong, wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# The README is a guide: short, its links resolve, its commands exist, and its measured numbers
+# live in files the workflow or the benchmarks write (results/summary.md, benchmarks/README.md).
+
+README = ROOT / "README.md"
+README_MAX_LINES = 260
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+# A measured quantity: a number with a unit of time, size or speed-up ("26.9 minutes", "1,613 s",
+# "2.7 GB", "4.1x", "80%").
+MEASURED = re.compile(
+    r"(?<![\w.])\d[\d,]*(?:\.\d+)?\s*(?:x\b|%|(?:ms|s|sec|seconds?|min|minutes?|h|hours?|"
+    r"days?|[kMGT]i?B|GFLOP/s|core-hours|GPU-hours|job-hours)\b)"
+)
+NUMBER = re.compile(r"(?<![\w.§/-])(\d[\d,]*(?:\.\d+)?)x?(?!\w)")
+MAX_PROSE_NUMBERS = 12
+NOTE_STAMP = re.compile(r"^Commit: ([0-9a-f]{7,40})\b", re.MULTILINE)
+
+
+def prose(markdown: str) -> str:
+    """The text a reader reads as sentences: without code blocks, inline code, link targets,
+    HTML comments and experiment names (E1 ... E8)."""
+    text = FENCE.sub("", markdown)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
+    text = INLINE_CODE.sub("", text)
+    text = LINK.sub(lambda match: match.group(0).split("](")[0], text)
+    return re.sub(r"\bE\d+(?:-E\d+)?\b", "", text)
+
+
+def measured_numbers(markdown: str) -> list[str]:
+    """The numbers with a unit in the prose of a Markdown text."""
+    return [" ".join(match.split()) for match in MEASURED.findall(prose(markdown))]
+
+
+def prose_numbers(markdown: str) -> list[str]:
+    return NUMBER.findall(prose(markdown))
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings ("## The workflow" -> "the-workflow")."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", markdown), re.MULTILINE):
+        text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+        anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of a Markdown file whose file (or heading anchor) does not exist."""
+    broken = []
+    for target in LINK.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        name, _, anchor = target.partition("#")
+        linked = (path.parent / name).resolve() if name else path
+        if not linked.exists():
+            broken.append(f"{path.relative_to(ROOT)}: {target}")
+        elif anchor and linked.suffix == ".md":
+            if anchor not in heading_anchors(linked.read_text(encoding="utf-8")):
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    return broken
+
+
+def test_the_readme_is_short():
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES})"
+
+
+def test_the_readme_types_no_measured_numbers():
+    """Measured numbers belong in results/summary.md (generated) and benchmarks/README.md."""
+    text = README.read_text(encoding="utf-8")
+    assert measured_numbers(text) == []
+    numbers = prose_numbers(text)
+    assert len(numbers) <= MAX_PROSE_NUMBERS, numbers
+
+
+def test_the_number_check_finds_typed_measurements():
+    text = (
+        "It took 26.9 minutes (1,613 s) and 2.7 GB, 4.1x faster; 80% of it in `dsyevd 3 s`.\n"
+        "```\n$ ess plan   # 17,277.8 GPU-hours\n```\n"
+        "E1 to E8 on Python 3.11, see [notes](docs/notes/2026.md) and docs/method.md §5.\n"
+    )
+    assert measured_numbers(text) == ["26.9 minutes", "1,613 s", "2.7 GB", "4.1x", "80%"]
+    assert prose_numbers(text) == ["26.9", "1,613", "2.7", "4.1", "80", "3.11"]
+
+
+def documentation() -> list[Path]:
+    """The Markdown files a reader follows from the README."""
+    files = [README, ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [path for path in files if path.is_file()]
+
+
+def test_relative_links_resolve():
+    broken = [link for path in documentation() for link in broken_links(path)]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_link_check_finds_a_broken_link(tmp_path):
+    page = ROOT / "docs" / "a-page-that-is-not-there.md"
+    text = "[ok](method.md) [anchor](workflow.md#configuration) [gone](notes/nothing.md)\n"
+    text += "[no heading](workflow.md#no-such-heading) [web](https://example.org)\n"
+    page.write_text(text)
+    try:
+        assert broken_links(page) == [
+            "docs/a-page-that-is-not-there.md: notes/nothing.md",
+            "docs/a-page-that-is-not-there.md: workflow.md#no-such-heading (no such heading)",
+        ]
+    finally:
+        page.unlink()
+
+
+def test_readme_commands_exist():
+    """Every `make <target>` of the README is a Makefile target, every `ess <command>` a
+    subcommand of the CLI, and every repository path it names in code exists."""
+    from ess.cli import SUBCOMMANDS
+
+    text = README.read_text(encoding="utf-8")
+    code = " ".join(FENCE.findall(text) + INLINE_CODE.findall(text))
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    made = set(re.findall(r"(?<![\w-])make ([a-z]+)\b", code))
+    assert made and made <= targets, made - targets
+    commands = set(re.findall(r"(?<!from )(?<![\w./-])ess ([a-z]+)\b", code))
+    assert commands and commands <= set(SUBCOMMANDS), commands - set(SUBCOMMANDS)
+    roots = "config|docs|tests|workflow|src|benchmarks|profiles|notebooks|envs"
+    paths = re.findall(rf"(?<![\w/.])((?:{roots})/[\w./-]*\w)", code)
+    missing = sorted({path for path in paths if not (ROOT / path).exists()})
+    assert not missing, missing
+
+
+def test_every_note_names_a_commit_that_exists():
+    notes = sorted((ROOT / "docs" / "notes").glob("*.md"))
+    assert notes
+    for note in notes:
+        stamp = NOTE_STAMP.search(note.read_text(encoding="utf-8")[:2000])
+        assert stamp, f"{note.name}: no 'Commit: <hash>' line near its top"
+        found = subprocess.run(
+            ["git", "cat-file", "-e", f"{stamp[1]}^{{commit}}"], cwd=ROOT, capture_output=True
+        )
+        assert found.returncode == 0, f"{note.name}: commit {stamp[1]} is not in this repository"
+
+
+def readme_layout() -> str:
+    """The README's layout tree: the code block under "## Layout"."""
+    section = README.read_text(encoding="utf-8").split("\n## Layout\n", 1)[1]
+    return FENCE.findall(section)[0]
+
+
+def test_the_readme_layout_matches_the_code():
+    """Every entry of the tree exists, and every module of src/ess and rules file is named."""
+    layout = readme_layout()
+    column = layout.splitlines()[1].index("entry point")  # where the descriptions start
+    entries = [entry for line in layout.splitlines()[1:-1] for entry in line[:column].split()]
+    missing = [entry for entry in entries if not (ROOT / entry.rstrip("/")).exists()]
+    assert entries and not missing, missing
+    words = set(re.findall(r"\w+", layout))
+    modules = {p.stem for p in (ROOT / "src" / "ess").glob("*.py")} - {"__init__"}
+    rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")}
+    unnamed = sorted((modules | rules) - words)
+    assert not unnamed, f"not in the README's layout: {unnamed}"

@@ -32,6 +32,7 @@ ANALYSIS_MODULES = [
     "ess.synthetic",
     "ess.verdicts",
     "ess.captions",
+    "ess.summary",
 ]
 
 

@@ -326,6 +326,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         "aggregate_e6": 1,
         "e6_figure": len(FIGURES),
         "e6_table": len(TABLES),
+        "summary": 1,  # results/summary.md
         "all": 1,
     }, stats
     local = {"all", "fetch_model"}

@@ -87,6 +87,8 @@ def test_default_dag_has_the_expected_jobs(tmp_path):
         "aggregate_synthetic": 1,
         "synthetic_figure": 8,
         "synthetic_table": 8,
+        # results/summary.md, from every figure and table above
+        "summary": 1,
         "all": 1,
     }
 
@@ -273,7 +275,13 @@ def test_report_lists_every_figure_and_table_with_its_caption(small_run, tmp_pat
         caption = report_caption(name, kind)
         assert len(caption) > 40, caption
         assert caption in words(seen["opened"].get(path, "")), f"{path}: caption not shown"
-    assert sorted(seen["opened"]) == sorted(path for path, _, _ in expected)
+    summary = " ".join((ROOT / "workflow" / "report" / "summary.rst").read_text().split())
+    summary = summary.split("(", 1)[0].replace("`", "").strip()
+    listed = " ".join(text for key, text in seen["listed"].items() if key.startswith("Summary"))
+    assert "results/summary.md" in listed, "results/summary.md is not listed under Summary"
+    assert summary in words(seen["opened"].get("results/summary.md", ""))
+    opened = [path for path, _, _ in expected] + ["results/summary.md"]
+    assert sorted(seen["opened"]) == sorted(opened)
 
 
 @pytest.mark.workflow
@@ -291,6 +299,10 @@ def test_end_to_end_small_run_and_audit(small_run):
         for ext in ("csv", "md", "tex"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert (results / "notebooks" / "e6_delimiter_traces.ipynb").is_file()
+    summary = (results / "summary.md").read_text()
+    for experiment in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8"):
+        assert f"| {experiment} |" in summary, experiment
+    assert "| summary |" not in summary and "| all |" in summary
     assert len(list((results / "ess" / "smollm2").rglob("part*.parquet"))) == 2
     assert len(list((results / "train").rglob("model.safetensors"))) == 13
 

@@ -2,7 +2,7 @@
 
 The public entry points are `effective_state_size` (any materialised causal operator T) and
 `effective_state_size_ssm` (an operator given by a time-varying realisation (A, B, C), never
-materialised). See README.md for a worked example.
+materialised). See README.md for a worked example, docs/library.md for the API.
 
 They are loaded from their modules on first use, so that `import ess` and the analysis modules
 (ess.modulation, ess.stats, ess.publish, ess.delimiters) do not import torch: the aggregates

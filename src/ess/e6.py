@@ -9,13 +9,14 @@ model's recall columns), correlation (`e6_recall_correlation.parquet`), traces a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from ess.modulation import TAU_PREFIX, tau_of
 from ess.publish import interval_text
 from ess.stats import positive_verdict
+from ess.verdicts import Verdict
 
 RECALL_CLAIM = "a larger ESS drop at delimiters goes with better recall across models"
 
@@ -114,6 +115,30 @@ def recall_claim(verdicts: Iterable[str], models: Sequence[str]) -> str:
         f"The paper's claim ({RECALL_CLAIM}) {held}: the correlation's CI lies above 0 for "
         f"{n_held} of {len(tested)} delimiter/control pairs ({len(models)} models)."
     )
+
+
+def recall_verdict(
+    pairs: Mapping[tuple[str, str], tuple[str, str]], models: Sequence[str]
+) -> Verdict:
+    """RECALL_CLAIM as a `Verdict` (the record results/summary.md reads), decided as
+    `recall_claim` words it. pairs: {(delimiter, control): (label, verdict)} of
+    `recall_correlation_verdict`; the evidence lists each pair's label and verdict."""
+    evidence = "; ".join(
+        f"{delimiter} vs {control}: {label} ({verdict})"
+        for (delimiter, control), (label, verdict) in pairs.items()
+    )
+    tested = [verdict for _, verdict in pairs.values() if verdict != "untested"]
+    if not tested:
+        verdict = f"untested (the correlation needs at least 3 models, this run has {len(models)})"
+        return Verdict(RECALL_CLAIM, verdict, evidence or "no delimiter/control pair")
+    n_held = sum(verdict == "held" for verdict in tested)
+    if n_held == len(tested):
+        verdict = "holds"
+    elif n_held:
+        verdict = f"partly holds ({n_held} of {len(tested)} parts)"
+    else:
+        verdict = "does not hold"
+    return Verdict(RECALL_CLAIM, verdict, f"{evidence}; {len(models)} models")
 
 
 def positive_drops_text(drops: pd.DataFrame) -> str:

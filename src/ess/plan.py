@@ -34,6 +34,8 @@ CLUSTER_DEFAULTS = {
 }
 # A notebook, a split or a fetch: small jobs whose cost does not depend on a model's shape.
 NOTEBOOK = Cost(host_mb=1500, gpu_mb=0, cpu_seconds=60, gpu_seconds=0, disk_mb=1)
+# results/summary.md: reads every manifest of the run (thousands at paper scale)
+SUMMARY = Cost(host_mb=1000, gpu_mb=0, cpu_seconds=60, gpu_seconds=0, disk_mb=0.1)
 # Bytes per parameter of a dtype name.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # Download and disk rate assumed for fetch_model (a Hub download on a cluster's login node).
@@ -60,6 +62,7 @@ JOB_NAMES = {
     "aggregate_synthetic": "",
     "synthetic_figure": "{name}",
     "synthetic_table": "{name}",
+    "summary": "",
 }
 
 
@@ -488,7 +491,11 @@ def _job(config: dict, rule: str, name: str, job_cost: Cost, **notes) -> Job:
 def plan_jobs(config: dict) -> list[Job]:
     """Every job of `all` for this config (schema defaults filled in), in rule order."""
     gpu_mem_mb = cluster_limits(config)["gpu_mem_gb"] * GB
-    return e6_jobs(config) + synthetic_jobs(config, gpu_mem_mb)
+    return (
+        e6_jobs(config)
+        + synthetic_jobs(config, gpu_mem_mb)
+        + [_job(config, "summary", "", SUMMARY)]
+    )
 
 
 def job_resources(job: Job, config: dict, attempt: int = 1) -> dict:

@@ -10,10 +10,15 @@ walk back from any figure or table to the data.
     latex = latex_table(shown, caption, "tab:e1_correlations")
     save_table(table, markdown, latex, [csv, md, tex], inputs, caption, settings, started, nb)
     save_figure(fig, [png, pdf], inputs, caption, settings, started, nb)
+
+A result that decides a claim of the paper passes its `ess.verdicts.Verdict` (`verdict=`): the
+manifest keeps it as a record (extra.verdict: claim, verdict, evidence), which
+`ess.summary` reads into results/summary.md without parsing any caption.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,15 +93,27 @@ def line_with_band(ax: Any, rows: pd.DataFrame, x: str, **style: Any) -> None:
     ax.fill_between(rows[x], rows["lo"], rows["hi"], color=line.get_color(), alpha=0.15)
 
 
+def verdict_record(verdict: Any) -> dict:
+    """A verdict (`ess.verdicts.Verdict`, or any dataclass with claim, verdict and evidence) as
+    the manifest stores it: {"claim": ..., "verdict": ..., "evidence": ...}."""
+    record = dataclasses.asdict(verdict)
+    return {key: str(record[key]) for key in ("claim", "verdict", "evidence")}
+
+
 def _manifest(
-    path: Path, inputs: Sequence, caption: str, config: dict, started: float, notebook: str
+    path: Path,
+    inputs: Sequence,
+    caption: str,
+    config: dict,
+    started: float,
+    notebook: str,
+    verdict: Any = None,
 ):
+    extra = {"notebook": notebook, "caption": caption}
+    if verdict is not None:
+        extra["verdict"] = verdict_record(verdict)
     write_manifest(
-        path,
-        inputs=[Path(p) for p in inputs],
-        config=config,
-        started=started,
-        extra={"notebook": notebook, "caption": caption},
+        path, inputs=[Path(p) for p in inputs], config=config, started=started, extra=extra
     )
 
 
@@ -110,9 +127,11 @@ def save_table(
     config: dict,
     started: float,
     notebook: str,
+    verdict: Any = None,
 ) -> None:
     """table's numbers to paths[0] (CSV), markdown to paths[1], latex to paths[2], each with a
-    manifest. config: the settings behind the numbers; started: the notebook's start time."""
+    manifest. config: the settings behind the numbers; started: the notebook's start time;
+    verdict: the `ess.verdicts.Verdict` the table decides, if any (kept in the manifests)."""
     csv, md, tex = map(Path, paths)
     for path, write in (
         (csv, lambda p: table.to_csv(p, index=False)),
@@ -121,7 +140,7 @@ def save_table(
     ):
         with atomic_output(path) as temporary:
             write(temporary)
-        _manifest(path, inputs, caption, config, started, notebook)
+        _manifest(path, inputs, caption, config, started, notebook, verdict)
 
 
 def save_figure(
@@ -132,9 +151,11 @@ def save_figure(
     config: dict,
     started: float,
     notebook: str,
+    verdict: Any = None,
 ) -> None:
-    """The matplotlib figure to each path (format from its suffix, 200 dpi), with a manifest."""
+    """The matplotlib figure to each path (format from its suffix, 200 dpi), with a manifest;
+    verdict: as for `save_table`."""
     for path in map(Path, paths):
         with atomic_output(path) as temporary:
             fig.savefig(temporary, format=path.suffix[1:], dpi=200, bbox_inches="tight")
-        _manifest(path, inputs, caption, config, started, notebook)
+        _manifest(path, inputs, caption, config, started, notebook, verdict)

@@ -51,6 +51,9 @@ E5_CLAIM = "the higher the teacher's ESS, the harder it is to distil into a smal
 E7_CLAIM = "ESS per layer explains topology choices: no attention in the first layer"
 
 
+E8_CLAIM = "none (the paper did not analyse tau); here: E1's verdict does not depend on tau"
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """Whether a claim of the paper held at this scale.
@@ -359,3 +362,17 @@ def verdicts_by_tolerance(table: pd.DataFrame, method: str = "spearman") -> pd.D
         verdict = correlation_verdict(pd.concat([group, tss]), x, "tss_per_item", method)
         rows.append({"measure": measure, "tolerance": tolerance, "verdict": verdict.verdict})
     return pd.DataFrame(rows, columns=["measure", "tolerance", "verdict"])
+
+
+def tolerance_verdict(verdicts: pd.DataFrame) -> Verdict:
+    """E8 from `verdicts_by_tolerance` rows (measure, tolerance, verdict): "holds" when E1's
+    verdict is the same at every tau and at entropy-ESS, "does not hold" when it differs,
+    "undefined" without rows. The evidence lists the verdict at each tau."""
+    by_tau = "; ".join(
+        f"{'entropy-ESS' if pd.isna(t) else f'tau {t:g}'}: {v}"
+        for t, v in zip(verdicts["tolerance"], verdicts["verdict"], strict=True)
+    )
+    if verdicts.empty:
+        return Verdict(E8_CLAIM, "undefined", "no tau measured")
+    same = verdicts["verdict"].nunique() == 1
+    return Verdict(E8_CLAIM, "holds" if same else "does not hold", f"E1's verdict by {by_tau}")
