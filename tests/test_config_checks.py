@@ -758,3 +758,11 @@ def test_override_in_a_real_dry_run(entries, code, words):
         assert word in output, f"{word!r} not in: {output[-3000:]}"
     assert "not supported between instances" not in output
     assert "not all arguments converted" not in output
+
+
+def test_ess_plan_reads_the_same_overrides(capsys):
+    from ess.cli import main
+
+    assert main(["plan", "--config", synthetic(train={"lr": -1})]) == 2
+    assert "synthetic.train.lr = -1" in capsys.readouterr().err
+    assert main(["plan", "--config", synthetic(train={"steps": 100})]) == 0
