@@ -614,8 +614,7 @@ def check_synthetic_runs(config: dict) -> None:
     runs = synthetic_grid(synthetic)
     for key, run in runs.items():
         labels, model = run.labels, run.spec["model"]
-        experiment = next(e for e in run.experiments if e in MIXER_KEYS or e in ("e2", "e8"))
-        grid = "e1" if experiment in ("e2", "e8") else experiment
+        grid = "e1" if run.experiments[0] in ("e2", "e8") else run.experiments[0]
         try:
             ModelConfig(layers=labels.mixer, n_layers=model.get("n_layers", ModelConfig.n_layers))
         except ValueError as error:
