@@ -182,7 +182,7 @@ def test_snakemake_names_a_hierarchy_model_that_e6_does_not_trace(tmp_path):
     [
         (lambda s: s["e3"].update(difficulty="kv99"), "synthetic.e3 names difficulty 'kv99'"),
         (lambda s: s["e1"]["tasks"].update(recall=["kv4"]), "names task 'recall'"),
-        (lambda s: s["model"].update(state=4), "unknown model field(s) ['state']"),
+        (lambda s: s["model"].update(state=4), "synthetic.model.state = 4 is unknown"),
         (lambda s: s["e1"].update(mixers=["SA", "RWKV"]), "unknown mixer 'RWKV'"),
         (lambda s: s["ess"].update(tolerances=[0.1]), "ess.tolerance = 0.001 must be one of"),
     ],

@@ -67,6 +67,11 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
         help="config files merged over config/config.yaml, as for snakemake (default: none)",
     )  # fmt: skip
     parser.add_argument(
+        "--config", nargs="+", default=[], metavar="KEY=VALUE",
+        help="overrides merged over the config files, as snakemake's --config reads them "
+        """(e.g. 'synthetic={"train":{"steps":100}}'; typed by the config schema)""",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", type=Path, default=None,
         help="a Snakemake profile (directory or its config.yaml): its `jobs` sets the "
         "concurrency of the wall-time bound",
@@ -79,10 +84,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan's table; 1 when a job exceeds the config's cluster limits."""
     from ess.plan import plan_text
-    from ess.workflow_config import load_config
+    from ess.workflow_config import load_config, parse_overrides
 
     try:
-        config = load_config(args.configfile)
+        config = load_config(args.configfile, overrides=parse_overrides(args.config))
     except (ValueError, FileNotFoundError) as error:
         print(f"ess plan: {error}", file=sys.stderr)
         return 2

@@ -426,6 +426,20 @@ def layer_ess_cost(
     )
 
 
+def complete_spec(spec: dict) -> dict:
+    """A run's spec with every field of its three dataclasses (ess.experiments.run_configs):
+    a field the config leaves out takes the dataclass default, which the cost model then sees
+    (the spec that the train job receives stays as the config states it)."""
+    from ess.experiments import run_configs
+
+    model, task, train = run_configs(spec)
+    return {
+        "model": dataclasses.asdict(model),
+        "task": dataclasses.asdict(task),
+        "train": dataclasses.asdict(train),
+    }
+
+
 def synthetic_jobs(config: dict, gpu_mem_mb: float) -> list[Job]:
     from ess.experiments import cells, published, synthetic_grid
 
@@ -433,10 +447,11 @@ def synthetic_jobs(config: dict, gpu_mem_mb: float) -> list[Job]:
     runs = synthetic_grid(synthetic)
     if not runs:
         return []
+    specs = {key: complete_spec(run.spec) for key, run in runs.items()}
     jobs = []
     splits = {}
-    for run in runs.values():
-        task = run.spec["task"]
+    for key, run in runs.items():
+        task = specs[key]["task"]
         key = (run.labels.task, run.labels.difficulty)
         splits[key] = task
     for (task, difficulty), fields in splits.items():
@@ -445,32 +460,33 @@ def synthetic_jobs(config: dict, gpu_mem_mb: float) -> list[Job]:
             jobs.append(_job(config, "make_task_split", f"{task}/{difficulty}/{split}", Cost(
                 host_mb=cost.PROCESS_MB + 3 * data_mb, gpu_mb=0,
                 cpu_seconds=5 + data_mb / 50, gpu_seconds=0, disk_mb=data_mb)))  # fmt: skip
-    for key, run in runs.items():
-        micro = micro_batch_size(run.spec, gpu_mem_mb)
+    for key, spec in specs.items():
+        micro = micro_batch_size(spec, gpu_mem_mb)
         jobs.append(
             _job(
                 config,
                 "train_synthetic",
                 key,
-                train_cost(run.spec, micro),
+                train_cost(spec, micro),
                 micro_batch_size=micro,
-                batch_size=run.spec["train"]["batch_size"],
-                resumable=resumable(run.spec),
+                batch_size=spec["train"]["batch_size"],
+                resumable=resumable(spec),
             )
         )
     ess = synthetic.get("ess", {})
     device = ess.get("device", "cpu")
     for cell, keys in cells(runs, synthetic["seeds"]).items():
-        specs = [runs[key].spec for key in keys]
         jobs.append(
             _job(
                 config,
                 "measure_synthetic_ess",
                 cell,
-                synthetic_ess_cost(specs, ess.get("n_sequences", 16), device),
+                synthetic_ess_cost(
+                    [specs[key] for key in keys], ess.get("n_sequences", 16), device
+                ),
             )
         )
-    steps = sum(run.spec["train"]["steps"] for run in runs.values())
+    steps = sum(spec["train"]["steps"] for spec in specs.values())
     jobs.append(_job(config, "aggregate_synthetic", "", Cost(
         host_mb=cost.PROCESS_MB + 1 * GB, gpu_mb=0, cpu_seconds=30 + steps / 1e6,
         gpu_seconds=0, disk_mb=steps * 40 / cost.MB)))  # fmt: skip

@@ -6,7 +6,6 @@ import os
 import re
 
 import yaml
-from snakemake.utils import validate
 
 from ess.plan import (
     JOB_NAMES,
@@ -16,17 +15,19 @@ from ess.plan import (
     threads_of,
     train_retries,
 )
-from ess.workflow_config import check_config, check_model_sources
+from ess.workflow_config import prepare_config
 
 # ---------------------------------------------------------------------------------------------
 # Config validation: before any job is scheduled.
 
-SCHEMA = "../schemas/config.schema.yaml"
-# Before the schema: its message for a bad source would be a bare regex mismatch.
-check_model_sources(config, workflow.source_path(SCHEMA))
-validate(config, SCHEMA)
-# What the schema cannot say: sizes that must fit each other, names that must exist.
-check_config(config)
+# --config values (strings below the top level) read as the schema's types and merged key by
+# key, then the schema (its defaults filled in) and what it cannot say: sizes that must fit
+# each other, names that must exist. A refusal names the dotted key (ess.workflow_config).
+prepare_config(
+    config,
+    workflow.config_settings.config,
+    workflow.source_path("../schemas/config.schema.yaml"),
+)
 
 # Rule scripts and notebooks import `ess` from this checkout's src/: the conda envs of envs/ do
 # not install the project. Jobs inherit this environment (locally and through the slurm plugin).
