@@ -26,6 +26,7 @@ import yaml
 from snakemake.utils import update_config
 from test_config import merged  # what --configfile does on top of the default
 
+from ess.experiments import synthetic_grid
 from ess.plan import plan_jobs
 from ess.workflow_config import ConfigError, load_config, parse_overrides, prepare_config
 
@@ -685,7 +686,10 @@ def test_the_issue_override_reaches_every_run():
     config = load_config(overrides=parse_overrides([synthetic(train={"steps": 100})]))
     jobs = [job for job in plan_jobs(config) if job.rule == "train_synthetic"]
     assert jobs
-    assert config["synthetic"]["tasks"]["mqar"]["train"]["kv4"] == {"steps": 750}
+    runs = synthetic_grid(config["synthetic"]).values()
+    assert {run.spec["train"]["steps"] for run in runs} == {100}
+    # Merged key by key: the sibling fields of synthetic.train keep the default's values.
+    assert config["synthetic"]["train"]["lr"] == DEFAULT["synthetic"]["train"]["lr"]
 
 
 def test_a_bad_override_is_a_config_error_naming_the_source():
