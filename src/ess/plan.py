@@ -405,7 +405,7 @@ def layer_ess_cost(
 ) -> Cost:
     """One layer's ESS on `sequences` sequences, `at_once` of them held together, by the path
     ess.measure.layer_ess takes (attention: dense; a recurrence: ess.measure.cheaper_path)."""
-    from ess.measure import cheaper_path
+    from ess.measure import DENSE_SECONDS_PER_L2_N, cheaper_path
 
     dense = kind in ("SA", "SWA") or cheaper_path(L, N, L - 1, operators) == "dense"
     if dense:
@@ -414,15 +414,23 @@ def layer_ess_cost(
     else:
         work = cost.realisation_cost(L, N, operators * sequences, device)
         held = cost.realisation_cost(L, N, operators * at_once, device)
-    extra = 0.0
+    extra = build_seconds = 0.0
     if dense and kind not in ("SA", "SWA"):
         # the recurrence's factors A, B, C per channel in float64, and its T built row by
         # row (ess.measure._dense_ssm_ess), before the dense path runs
         extra = 8 * operators * at_once * L * (3 * N + L + N) / cost.MB
+        # building T costs L^2 N per channel, ess.measure's own estimate (the one
+        # cheaper_path routes by): at N 1024 it is most of the time (the rehearsal's S6 job
+        # at L 256, N 1024 took 422-528 s against 52 s without it)
+        build_seconds = operators * sequences * L**2 * DENSE_SECONDS_PER_L2_N * N
+    on_gpu = device == "cuda"
     return dataclasses.replace(
         work,
-        host_mb=held.host_mb + (0 if device == "cuda" else extra),
-        gpu_mb=held.gpu_mb + (extra if device == "cuda" else 0),
+        host_mb=held.host_mb + (0 if on_gpu else extra),
+        gpu_mb=held.gpu_mb + (extra if on_gpu else 0),
+        cpu_seconds=work.cpu_seconds + build_seconds,
+        gpu_seconds=work.gpu_seconds
+        + (cost.gpu_seconds(build_seconds, True, cost.GPU_EFFICIENCY_ESS) if on_gpu else 0),
     )
 
 
