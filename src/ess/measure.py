@@ -55,10 +55,15 @@ def realisation_seconds(length: int, n: int, channels: int) -> float:
     return length * (REALISATION_SECONDS_PER_STEP + channels * per_step)
 
 
+def materialise_seconds(length: int, n: int, channels: int) -> float:
+    """Estimated time of building T row by row (L^2 N) for `channels` recurrences."""
+    return channels * length**2 * DENSE_SECONDS_PER_L2_N * n
+
+
 def dense_seconds(length: int, n: int, n_splits: int, channels: int) -> float:
     """Estimated time of the dense path (T row by row, then ess.dense_path) for `channels`
     recurrences of length L, state N, measured at n_splits of the L-1 splits."""
-    per_channel = length**2 * (DENSE_SECONDS_PER_L2 + DENSE_SECONDS_PER_L2_N * n)
+    per_channel = length**2 * DENSE_SECONDS_PER_L2 + materialise_seconds(length, n, 1)
     per_channel += DENSE_SECONDS_PER_L4 * length**4 * n_splits / (length - 1)
     return channels * per_channel
 

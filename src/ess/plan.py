@@ -405,7 +405,7 @@ def layer_ess_cost(
 ) -> Cost:
     """One layer's ESS on `sequences` sequences, `at_once` of them held together, by the path
     ess.measure.layer_ess takes (attention: dense; a recurrence: ess.measure.cheaper_path)."""
-    from ess.measure import DENSE_SECONDS_PER_L2_N, cheaper_path
+    from ess.measure import cheaper_path, materialise_seconds
 
     dense = kind in ("SA", "SWA") or cheaper_path(L, N, L - 1, operators) == "dense"
     if dense:
@@ -422,7 +422,7 @@ def layer_ess_cost(
         # building T costs L^2 N per channel, ess.measure's own estimate (the one
         # cheaper_path routes by): at N 1024 it is most of the time (the rehearsal's S6 job
         # at L 256, N 1024 took 422-528 s against 52 s without it)
-        build_seconds = operators * sequences * L**2 * DENSE_SECONDS_PER_L2_N * N
+        build_seconds = materialise_seconds(L, N, operators * sequences)
     on_gpu = device == "cuda"
     return dataclasses.replace(
         work,
