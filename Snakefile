@@ -39,6 +39,7 @@ include: "workflow/rules/operators.smk"
 # notebook rules for the figures and tables it publishes (<GROUP>_FIGURES/_TABLES: `all`).
 include: "workflow/rules/e6.smk"
 include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/notebooks.smk"
 # What the run found and cost, from the tables above: results/summary.md.
 include: "workflow/rules/summary.smk"
 

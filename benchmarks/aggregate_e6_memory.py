@@ -1,6 +1,6 @@
 """Peak memory of rule aggregate_e6's reading step at config/paper.yaml's shapes (issue 24,
-item 4): ess.modulation.read_head_means reduces each ESS table to per-layer traces as it reads
-it, so its peak should not grow with the number of models; the former step (every table
+item 4): ess.paper.e6.modulation.read_head_means reduces each ESS table to per-layer traces as it
+reads it, so its peak should not grow with the number of models; the former step (every table
 concatenated, then reduced) is measured beside it.
 
 ESS tables are generated with paper.yaml's shape per file: one measure_e6_ess job = one layer
@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ess import outputs
+
 TASKS = ("eos", "blank_line", "end_of_speech", "removed", "neutral")
 SEEDS = (0, 1, 2)
 TAUS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # paper.yaml synthetic.ess.tolerances
@@ -38,7 +40,7 @@ CHANNELS = 256  # Falcon-Mamba-7B: 8192 channels, channel_stride 32
 def ess_table(model: str, task: str, seed: int, layer: int, rng: np.random.Generator):
     """One generated ESS table: CHANNELS heads x (LENGTH - 1) splits, measure_e6_ess's
     columns and dtypes."""
-    from ess.modulation import tau_column
+    from ess.outputs import tau_column
 
     splits = np.arange(1, LENGTH)
     n_rows = CHANNELS * splits.size
@@ -79,7 +81,7 @@ def generate(directory: Path, n_models: int, n_layers: int, seed: int) -> list[P
 def measure(mode: str, paths: list[str]) -> dict:
     """In this process: the reading step (`mode` "bounded": read_head_means; "former": every
     table concatenated, then reduced), then its peak RSS and time."""
-    from ess import modulation
+    from ess.paper.e6 import modulation
 
     started = time.perf_counter()
     lengths = {(Path(path).parts[-4], s): LENGTH for path in paths for s in SEEDS}
@@ -87,7 +89,7 @@ def measure(mode: str, paths: list[str]) -> dict:
         per_layer = modulation.read_head_means(paths, lengths)
     else:
         ess = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
-        values = [c for c in ess.columns if c.startswith(modulation.TAU_PREFIX)]
+        values = [c for c in ess.columns if c.startswith(outputs.TAU_PREFIX)]
         per_layer = modulation.head_means(ess, [*modulation.METRICS, *values, "tss"], LENGTH)
     traces = modulation.layer_traces(per_layer, [*modulation.METRICS, "tss"])
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

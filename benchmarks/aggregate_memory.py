@@ -2,13 +2,14 @@
 training steps.
 
 It generates, in a scratch directory, every input the rule reads for the runs of paper.yaml's
-synthetic grid (ess.experiments.synthetic_grid on config/config.yaml + config/paper.yaml):
+synthetic grid (ess.paper.synthetic.experiments.synthetic_grid on config/config.yaml +
+config/paper.yaml):
 a metrics.json (with the run's labels), an ess.parquet (2 layers x 6 tau, model_ess's columns)
 and a curves.csv of 35,000 steps in the train job's format (step, loss, accuracy, lr,
 test_accuracy; a test score every 100 steps). The curves are 8 distinct generated ones,
 written in turn (the reader's memory depends on a file's size, not on its numbers). Then, in a
-fresh process, it runs what the rule runs (ess.synthetic.aggregate_tables, then the three
-parquet writes) and prints the peak RSS above the process's RSS after its imports, with the
+fresh process, it runs what the rule runs (ess.paper.synthetic.tables.aggregate_tables, then the
+three parquet writes) and prints the peak RSS above the process's RSS after its imports, with the
 wall time and the rows of the curves table.
 
     python benchmarks/aggregate_memory.py                  # ~4 GB of scratch, ~10 minutes
@@ -33,7 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ess.experiments import memory_items, run_configs, synthetic_grid  # noqa: E402
+from ess.paper.synthetic.experiments import synthetic_grid  # noqa: E402
+from ess.paper.synthetic.grid import memory_items, run_configs  # noqa: E402
 
 STEPS = 35_000
 EVAL_EVERY = 100
@@ -49,7 +51,7 @@ def merged(base: dict, top: dict) -> dict:
 
 
 def paper_runs() -> dict:
-    """paper.yaml's synthetic runs: {key: ess.experiments.Run}."""
+    """paper.yaml's synthetic runs: {key: ess.paper.synthetic.grid.Run}."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     return synthetic_grid(merged(config, paper)["synthetic"])
@@ -119,7 +121,7 @@ CHILD = r"""
 import json, resource, sys, time
 import pandas as pd
 import pyarrow.parquet  # imported before the baseline: pandas loads it at its first parquet
-from ess.synthetic import aggregate_tables
+from ess.paper.synthetic.tables import aggregate_tables
 args = json.load(open(sys.argv[1]))
 curve_points, out = int(sys.argv[2]), sys.argv[3]
 

@@ -1,7 +1,7 @@
 """Training throughput: the shipped loop of BASELINE_COMMIT against today's, in one run.
 
 For each mixer of the default synthetic grid (TSS 32, 2 layers, batch 32 and 128), seconds
-per step and sequences/s of ess.train.train on MQAR kv4 for
+per step and sequences/s of ess.paper.training.train.train on MQAR kv4 for
 - `baseline`: the library as of BASELINE_COMMIT (the loop before the speed-ups) with that
   commit's default (d_model 64, MLP ratio 4, L = 64), extracted with `git archive`;
 - `today, same model`: today's library on exactly the baseline's model and task (the loop's
@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
-from ess.models import ModelConfig
-from ess.tasks import TaskConfig, make_split
-from ess.train import TrainConfig, train
+from ess.paper.training.models import ModelConfig
+from ess.paper.training.tasks import TaskConfig, make_split
+from ess.paper.training.train import TrainConfig, train
 spec = json.loads(sys.argv[1])
 task = TaskConfig(**spec["task"])
 splits = make_split(task, "train"), make_split(task, "test")

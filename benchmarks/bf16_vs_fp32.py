@@ -3,13 +3,13 @@
     python benchmarks/bf16_vs_fp32.py --model-dir results/models/smollm2/hf --layers 0 3 6
     python benchmarks/bf16_vs_fp32.py --standins          # the six paper families, tiny random
 
-The model's float32 weights are loaded twice (ess.fetch.load_causal_lm): in float32, and cast
-to bfloat16 (what `dtype: bfloat16` in a config does: bf16 weights, bf16 forward pass; the
+The model's float32 weights are loaded twice (ess.paper.e6.fetch.load_causal_lm): in float32, and
+cast to bfloat16 (what `dtype: bfloat16` in a config does: bf16 weights, bf16 forward pass; the
 captured factors are stored in float32 either way). Each is captured on the same E6 sequence
-(Jargon File passages joined by eos, ess.delimiters.build_delimited_sequence) and measured by
-ess.sequence_ess.mixer_ess at the splits 1, 1 + stride, ...; the rows are compared head by head
-and split by split. Prints one markdown row per model: mean tolerance-ESS (tau 1e-3, relative)
-in float32 and bf16, the mean of bf16 - float32, the share of rows whose ESS differs, the
+(Jargon File passages joined by eos, ess.paper.e6.delimiters.build_delimited_sequence) and measured
+by ess.paper.e6.sequence_ess.mixer_ess at the splits 1, 1 + stride, ...; the rows are compared head
+by head and split by split. Prints one markdown row per model: mean tolerance-ESS (tau 1e-3,
+relative) in float32 and bf16, the mean of bf16 - float32, the share of rows whose ESS differs, the
 largest difference, and the relative difference of the mean entropy-ESS.
 """
 
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ess_table(model_dir: Path, dtype: torch.dtype, ids: torch.Tensor, layers, stride: int):
     """The ESS rows (layer, head, position, ess_tolerance, ess_entropy) of `layers`."""
-    from ess.fetch import load_causal_lm
     from ess.hf import capture_operators
-    from ess.sequence_ess import mixer_ess
+    from ess.paper.e6.fetch import load_causal_lm
+    from ess.paper.e6.sequence_ess import mixer_ess
 
     model, _ = load_causal_lm(model_dir, dtype)
     ops = capture_operators(model, ids)
@@ -47,8 +47,8 @@ def ess_table(model_dir: Path, dtype: torch.dtype, ids: torch.Tensor, layers, st
 def compare(name: str, model_dir: Path, n_tokens: int, layers, stride: int) -> dict:
     from transformers import AutoTokenizer
 
-    from ess.delimiters import build_delimited_sequence
-    from ess.text import load_passages
+    from ess.paper.e6.delimiters import build_delimited_sequence
+    from ess.paper.e6.text import load_passages
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     passages = load_passages(120, 200, seed=0, split="eval")

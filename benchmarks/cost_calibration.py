@@ -1,4 +1,4 @@
-"""Calibrate the cost model (`ess.cost`): time and peak memory of the three kinds of work the
+"""Calibrate the cost model (`ess.paper.cost`): time and peak memory of the three kinds of work the
 workflow's heavy jobs do, measured on this machine at paper.yaml's shapes, one thread each.
 
 - train: one training step of the synthetic model (vocab 8192, d_model 256, 2 layers, no MLP,
@@ -11,18 +11,18 @@ workflow's heavy jobs do, measured on this machine at paper.yaml's shapes, one t
 - realisation: the realisation path on C channels of a diagonal recurrence of state N over L
   steps, every split, with the spectrum; peak RSS above the factors, seconds.
 - matmul: one float32 (1024 x 1024) @ (1024 x 1024) product, seconds: the core's flop rate,
-  from which `ess.cost` derives its GPU estimates.
+  from which `ess.paper.cost` derives its GPU estimates.
 
 Every probe runs in a fresh process (peak RSS is a process's high-water mark) and is timed in
 CPU seconds of that process (`time.process_time`): with one thread that is the time on one
 core, whatever else the machine runs. The shapes are
 paper.yaml's, thinned only in batch (one sequence), heads and channels (the cost is linear in
 them) and, for the slowest probes, positions (stride: the cost is linear in the number of
-splits evaluated). Writes src/ess/data/cost_calibration.csv, which `ess.cost` fits; run it again
-after a change to the models or the ESS paths:
+splits evaluated). Writes src/ess/paper/data/cost_calibration.csv, which `ess.paper.cost` fits; run
+it again after a change to the models or the ESS paths:
 
     python benchmarks/cost_calibration.py            # about 10 minutes on one core
-    python benchmarks/cost_calibration.py --check    # held-out probes against ess.cost
+    python benchmarks/cost_calibration.py --check    # held-out probes against ess.paper.cost
     python benchmarks/cost_calibration.py --quick    # a smoke test, writes nowhere
 
 `--check` measures shapes the calibration did not (HELD_OUT) and prints each measurement next
@@ -93,8 +93,8 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 if spec["kind"] == "train":
-    from ess.models import LanguageModel, ModelConfig
-    from ess.train import TrainConfig, optimiser_step, parameter_groups
+    from ess.paper.training.models import LanguageModel, ModelConfig
+    from ess.paper.training.train import TrainConfig, optimiser_step, parameter_groups
     import torch.nn.functional as F
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=8192, d_model=256, n_layers=2, layers=spec["mixer"],
@@ -182,8 +182,9 @@ def specs(quick: bool) -> list[dict]:
 
 
 def estimate(spec: dict) -> tuple[float, float]:
-    """ess.cost's (peak MB, seconds) for a probe's shape, the quantities the probe measures."""
-    from ess import cost
+    """ess.paper.cost's (peak MB, seconds) for a probe's shape, the quantities the probe
+    measures."""
+    from ess.paper import cost
 
     L, N = spec["seq_len"], spec["state_size"]
     if spec["kind"] == "train":
@@ -223,7 +224,7 @@ def check() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two tiny probes, write nothing")
-    parser.add_argument("--check", action="store_true", help="held-out probes vs ess.cost")
+    parser.add_argument("--check", action="store_true", help="held-out probes vs ess.paper.cost")
     args = parser.parse_args()
     if args.check:
         sys.exit(check())

@@ -16,11 +16,11 @@ by ess.layers.save_operators, as rule capture_operators does):
   heads (heads are swept one after another), its peak the 32-head row's.
   `--attention-heads 32` measures the whole layer instead (gpu_check.sh does, on a GPU);
 - mamba: one Falcon-Mamba-7B-shaped layer: 8192 channels kept at channel_stride 32
-  (ess.sequence_ess.capture_channels: 256 channels), d_state 16, L 2048, position_stride 1.
+  (ess.paper.e6.sequence_ess.capture_channels: 256 channels), d_state 16, L 2048, position_stride 1.
 
 Each case runs in a fresh interpreter that does what measure_e6_ess does: import, load the
-operator file, ess.sequence_ess.mixer_ess at the splits 1, 1 + stride, ... The time is that of
-mixer_ess: CPU seconds of the process on the CPU (one thread: an idle core's wall seconds, which
+operator file, ess.paper.e6.sequence_ess.mixer_ess at the splits 1, 1 + stride, ... The time is that
+of mixer_ess: CPU seconds of the process on the CPU (one thread: an idle core's wall seconds, which
 other jobs on a shared machine do not inflate; wall_seconds beside it), wall seconds on a GPU.
 The peak is the process's peak resident set (ru_maxrss, imports and the loaded operators
 included: what a SLURM job's MaxRSS shows). Writes the table as CSV
@@ -73,10 +73,10 @@ def attention_operator_file(path: Path, n_heads: int, n_kv_heads: int, head_dim:
 
 def mamba_operator_file(path: Path, n_channels: int, d_state: int, length: int, stride: int):
     """A random mamba-1 layer as ess.hf captures it, with the channels kept at `stride`
-    (ess.sequence_ess.capture_channels): dt (L, D') in softplus range, a = -exp(A_log) with
+    (ess.paper.e6.sequence_ess.capture_channels): dt (L, D') in softplus range, a = -exp(A_log) with
     A_log = log(1..N) (mamba's init), B, C (L, N)."""
     from ess.layers import LayerOperator, save_operators
-    from ess.sequence_ess import capture_channels
+    from ess.paper.e6.sequence_ess import capture_channels
 
     generator = torch.Generator().manual_seed(0)
     tensors = {
@@ -97,7 +97,7 @@ def mamba_operator_file(path: Path, n_channels: int, d_state: int, length: int, 
 def measure_one(path: str, channel_stride: int, position_stride: int, threads: int, device: str):
     """In this (fresh) interpreter: load the operator file and time mixer_ess, as the job."""
     from ess.layers import load_operators
-    from ess.sequence_ess import mixer_ess
+    from ess.paper.e6.sequence_ess import mixer_ess
 
     torch.set_num_threads(threads)
     (op,) = load_operators(path)

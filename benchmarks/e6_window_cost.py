@@ -1,6 +1,6 @@
 """What evaluating every split of E6's drop windows costs (issue 28): the splits and the CPU
 time of rule measure_e6_ess's ESS on one captured sequence, at the splits E6 evaluates now
-(ess.boundaries.trace_positions: the windows whole, the profile offsets, the coarse stride)
+(ess.paper.e6.boundaries.trace_positions: the windows whole, the profile offsets, the coarse stride)
 against the splits it evaluated before (the offsets and the stride only), in one process on
 one thread, each timed after the other on the same operators.
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import yaml
 
-from ess.boundaries import offset_mask, offset_splits, trace_positions
 from ess.layers import load_operators
-from ess.sequence_ess import sequence_ess
-from ess.sequence_files import read_sequence
+from ess.paper.e6.boundaries import offset_mask, offset_splits, trace_positions
+from ess.paper.e6.sequence_ess import sequence_ess
+from ess.paper.e6.sequences import read_sequence
 
 
 def former_positions(sequence, offsets, stride) -> np.ndarray:
@@ -58,7 +58,7 @@ def main() -> None:
     )
     layers = sorted({op.layer for op in ops})
     torch.set_num_threads(1)
-    offsets, stride = e6["profile"]["offsets"], ess["position_stride"]
+    offsets, stride = e6["profile"]["offsets"], e6["position_stride"]
     designs = {
         "offsets + stride (before)": former_positions(sequence, offsets, stride),
         "windows whole + offsets + stride (now)": trace_positions(
@@ -85,7 +85,7 @@ def main() -> None:
             labels={"model": args.model},
             channel_stride=config["models"][args.model].get("channel_stride", 1),
             tolerance=ess["tolerance"],
-            tolerances=config["synthetic"]["ess"]["tolerances"],
+            tolerances=e6["tolerances"],
             relative=ess["relative"],
             device="cpu",
         )

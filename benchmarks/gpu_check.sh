@@ -216,9 +216,9 @@ root, work = Path(sys.argv[1]), Path(sys.argv[2])
 sys.path.insert(0, str(root / "tests"))
 from standins import build_standin  # noqa: E402
 
-from ess.fetch import load_causal_lm  # noqa: E402
+from ess.paper.e6.fetch import load_causal_lm  # noqa: E402
 from ess.hf import capture_operators  # noqa: E402
-from ess.sequence_ess import capture_channels, mixer_ess  # noqa: E402
+from ess.paper.e6.sequence_ess import capture_channels, mixer_ess  # noqa: E402
 
 failures = []
 print("| stand-in (bf16, L 2048) | layer | mean ESS, CPU capture | mean ESS, CUDA capture |")

@@ -1,8 +1,9 @@
 """Controlled MQAR training runs with learning curves (the evidence in docs/synthetic-training.md).
 
-Each run is ess.train.train on one (ModelConfig, TaskConfig, TrainConfig) that differs from a
-base setting by the fields named on the command line; the test accuracy on eval_sequences test
-sequences is recorded every eval_every steps. Runs go to a process pool, one thread each.
+Each run is ess.paper.training.train.train on one (ModelConfig, TaskConfig, TrainConfig) that
+differs from a base setting by the fields named on the command line; the test accuracy on
+eval_sequences test sequences is recorded every eval_every steps. Runs go to a process pool, one
+thread each.
 
     python benchmarks/mqar_learning.py --out results/learning/vocab \\
         --base '{"model": {"layers": "GLA", "state_size": 32}, "train": {"steps": 1500}}' \\
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from ess.models import ModelConfig
-from ess.tasks import TaskConfig
-from ess.train import TrainConfig, train
+from ess.paper.training.model_config import ModelConfig
+from ess.paper.training.tasks import TaskConfig
+from ess.paper.training.train import TrainConfig, train
 
 BASE = {
     "model": {"vocab_size": 64, "d_model": 64, "n_layers": 2, "layers": "GLA", "state_size": 32},

@@ -5,12 +5,14 @@ Shapes: vocab 8192, d_model 256, 2 layers, no MLP, 1 head (paper.yaml's syntheti
 MQAR sequence of length L with min(64, L / 4) key-value pairs; TSS N. Each probe runs in a
 fresh process on one thread (torch and BLAS), so its peak RSS is its own:
 
-- train: one optimiser step of ess.train (AdamW, answer-only logits, S6's chunked scan where it
+- train: one optimiser step of ess.paper.training.train (AdamW, answer-only logits, S6's chunked
+scan where it
   applies) on ONE sequence; peak RSS over a warm-up step and the timed steps, above the
   process's RSS once the model, optimiser and data are built (so it includes the optimiser
   state and gradients, 3 x the parameters, once); seconds per step, the
   median of the timed steps (CPU seconds of the process on the CPU, wall seconds on a GPU).
-- ess: ess.measure.model_ess of one sequence (every layer, every split, the cheaper exact path
+- ess: ess.paper.synthetic.model_ess of one sequence (every layer, every split, the cheaper exact
+path
   per layer) of a freshly initialised model; peak RSS above the RSS before it; seconds.
 
 It prints a table of medians and the extrapolation to paper.yaml's batch, and writes every
@@ -86,9 +88,9 @@ import torch
 kind, mixer, length, n, device, repeats = sys.argv[1:7]
 length, n, repeats = int(length), int(n), int(repeats)
 torch.set_num_threads(1)
-from ess.models import LanguageModel, ModelConfig
-from ess.tasks import TaskConfig, make_split
-from ess.train import TrainConfig, batch_gradient, parameter_groups
+from ess.paper.training.models import LanguageModel, ModelConfig
+from ess.paper.training.tasks import TaskConfig, make_split
+from ess.paper.training.train import TrainConfig, batch_gradient, parameter_groups
 from ess.measure import model_ess
 
 def rss_mb():

@@ -130,8 +130,8 @@ def submissions(log: str) -> list[tuple[str, str, str]]:
 
 def slurm_wildcards(rule: str, name: str) -> str:
     """How the SLURM executor plugin names a job's log folder (its wildcard values joined by
-    "_", slashes replaced), from the plan's name of the job (ess.plan.JOB_NAMES)."""
-    from ess.plan import JOB_NAMES
+    "_", slashes replaced), from the plan's name of the job (ess.paper.plan.JOB_NAMES)."""
+    from ess.paper.plan import JOB_NAMES
 
     template = JOB_NAMES[rule]
     pattern = re.sub(

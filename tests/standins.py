@@ -37,7 +37,8 @@ DUPLICATE_WEIGHT_FILES = ("pytorch_model.bin", "consolidated.safetensors", "orig
 @dataclass(frozen=True)
 class Standin:
     """A stand-in written to `directory`: its family, heads or channels per layer (n_heads of
-    the workflow config), layers and the shape numbers ess.sequence_ess.operator_bytes takes."""
+    the workflow config), layers and the shape numbers ess.paper.e6.sequence_ess.operator_bytes
+    takes."""
 
     family: str
     directory: Path
@@ -73,8 +74,8 @@ def _config(family: str, vocab_size: int, n_layers: int, width: int, max_length:
 
 
 def standin_tokenizer(vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on E6's passages (ess.text.train_tokenizer)."""
-    from ess.text import load_passages, train_tokenizer
+    """A byte-level BPE tokenizer trained on E6's passages (ess.paper.e6.text.train_tokenizer)."""
+    from ess.paper.e6.text import load_passages, train_tokenizer
 
     return train_tokenizer(load_passages(120, 400, split="train")[:200], vocab_size=vocab_size)
 

@@ -176,12 +176,12 @@ def test_a_generic_causal_operator_reaches_the_bound_min_i_l_minus_i():
 
 
 def test_an_operator_that_resets_at_r_has_ess_r_minus_i_ahead_of_it():
-    """The look-ahead bound (ess.boundaries.reset_bound, docs/method.md E6): if no output at or
-    after r reads an input before r, H_i = T[i:, :i] (i < r) has non-zero rows i..r-1 only, so
+    """The look-ahead bound (ess.paper.e6.boundaries.reset_bound, docs/method.md E6): if no output
+    at or after r reads an input before r, H_i = T[i:, :i] (i < r) has non-zero rows i..r-1 only, so
     ESS_i <= r - i: ESS falls linearly towards a full reset BEFORE it happens. A generic
     operator otherwise reaches every bound: ESS_i = min(i, r - i) ahead of r, min(i - r, L - i)
     after it; and one rank-1 term reaching across r adds exactly 1 ahead of it."""
-    from ess.boundaries import reset_bound
+    from ess.paper.e6.boundaries import reset_bound
 
     length, r = 48, 30
     g = torch.Generator().manual_seed(7)

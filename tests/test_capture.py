@@ -345,11 +345,11 @@ def test_a_composite_mixer_is_refused_by_name():
 )
 def test_every_route_enters_e6_through_its_operator_files(family, tmp_path):
     """E6 saves each capture (ess.layers.save_operators), loads it per layer and measures it
-    with ess.sequence_ess: each new kind of operator survives the round trip and its ESS is
+    with ess.paper.e6.sequence_ess: each new kind of operator survives the round trip and its ESS is
     the naive definition's on T."""
     from ess import effective_state_size_naive
     from ess.layers import load_operators, save_operators
-    from ess.sequence_ess import sequence_ess
+    from ess.paper.e6.sequence_ess import sequence_ess
 
     ops = hf.capture_operators(tiny_model(family), token_ids())
     save_operators(ops, tmp_path / "operators.safetensors")

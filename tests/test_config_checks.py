@@ -4,7 +4,7 @@ Two tables: bad configs, each a change to config/config.yaml, and bad overrides,
 `--config KEY=VALUE` arguments a user would type (Snakemake hands nested values over as
 strings). Each case comes with the words the error must contain: the dotted config key, its
 value and what is allowed. Every case goes through the checks the Snakefile runs when it loads
-(ess.workflow_config.prepare_config: the overrides typed by the schema and merged key by key,
+(ess.paper.config_checks.prepare_config: the overrides typed by the schema and merged key by key,
 the schema, then check_config, as in workflow/rules/common.smk); a few go through a real
 `snakemake -n all` as well, which shows that the dry run is where they are refused. (A dry run
 costs ~4 s on an idle machine; the checks themselves ~0.1 s.) Good overrides are read as the
@@ -26,9 +26,9 @@ import yaml
 from snakemake.utils import update_config
 from test_config import merged  # what --configfile does on top of the default
 
-from ess.experiments import synthetic_grid
-from ess.plan import plan_jobs
-from ess.workflow_config import ConfigError, load_config, parse_overrides, prepare_config
+from ess.paper.config_checks import ConfigError, load_config, parse_overrides, prepare_config
+from ess.paper.plan import plan_jobs
+from ess.paper.synthetic.experiments import synthetic_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -64,7 +64,7 @@ def task(name: str, common: dict, **difficulties):
 MQAR = "synthetic.tasks.mqar.difficulties"
 # (id, change, words the error must contain)
 BAD_CONFIGS = [
-    # synthetic task sizes vs vocabulary and length (ess.tasks' own checks)
+    # synthetic task sizes vs vocabulary and length (ess.paper.training.tasks' own checks)
     (
         "mqar_kv_vs_vocab",
         kv_difficulty("kv99", num_kv_pairs=99),
@@ -603,7 +603,17 @@ BAD_OVERRIDES = [
     (
         "tolerance_not_measured",
         ['ess={"tolerance":0.5}'],
+        ["ess.tolerance = 0.5", "e6.tolerances"],
+    ),
+    (
+        "tolerance_not_measured_by_the_synthetic_runs",
+        ['ess={"tolerance":0.5}', 'e6={"tolerances":[0.5]}'],
         ["ess.tolerance = 0.5", "synthetic.ess.tolerances"],
+    ),
+    (
+        "e6_position_stride_zero",
+        ['e6={"position_stride":0}'],
+        ["e6.position_stride"],
     ),
 ]
 
@@ -650,8 +660,8 @@ GOOD_OVERRIDES = [
     (['e6={"models":"null"}'], "e6.models", None),
     (['e6={"models":["smollm2"], "hierarchy":[]}'], "e6.models", ["smollm2"]),
     (['e6={"recall":{"task":"eos"}}'], "e6.recall.task", "eos"),
-    (['e6={"n_tokens":"256"}', 'ess={"position_stride":"8"}'], "e6.n_tokens", 256),
-    (['e6={"n_tokens":"256"}', 'ess={"position_stride":"8"}'], "ess.position_stride", 8),
+    (['e6={"n_tokens":"256","position_stride":"8"}'], "e6.n_tokens", 256),
+    (['e6={"n_tokens":"256","position_stride":"8"}'], "e6.position_stride", 8),
     (["keep_operators=false"], "keep_operators", False),
     (["keep_operators=False"], "keep_operators", False),
     (['models={"smollm2":{"layers":"[0, 29]"}}'], "models.smollm2.layers", [0, 29]),
@@ -765,7 +775,7 @@ def test_override_in_a_real_dry_run(entries, code, words):
 
 
 def test_ess_plan_reads_the_same_overrides(capsys):
-    from ess.cli import main
+    from ess.paper.cli import main
 
     assert main(["plan", "--config", synthetic(train={"lr": -1})]) == 2
     assert "synthetic.train.lr = -1" in capsys.readouterr().err

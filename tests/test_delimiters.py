@@ -1,4 +1,5 @@
-"""ess.delimiters: delimited sequences with matched controls, and the ESS drop at delimiters."""
+"""ess.paper.e6.delimiters: delimited sequences with matched controls, and the ESS drop at
+delimiters."""
 
 import re
 
@@ -6,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ess.boundaries import bound_flags, delimiter_drop, summarise_drops
-from ess.delimiters import (
+from ess.paper.e6.boundaries import bound_flags, delimiter_drop, summarise_drops
+from ess.paper.e6.delimiters import (
     BLANK_LINE_TEXT,
     DELIMITERS,
     build_delimited_sequence,
@@ -294,7 +295,7 @@ def test_drop_errors():
 def test_sequence_files_round_trip_every_field(tokenizer, tmp_path):
     import torch
 
-    from ess.sequence_files import from_dict, read_sequence, to_dict, write_sequence
+    from ess.paper.e6.sequences import from_dict, read_sequence, to_dict, write_sequence
 
     sequence = build_delimited_sequence(tokenizer, PASSAGES, "end_of_speech", 200, seed=3)
     again = from_dict(to_dict(sequence))

@@ -238,7 +238,7 @@ def test_the_link_check_finds_a_broken_link(tmp_path):
 def test_readme_commands_exist():
     """Every `make <target>` of the README is a Makefile target, every `ess <command>` a
     subcommand of the CLI, and every repository path it names in code exists."""
-    from ess.cli import SUBCOMMANDS
+    from ess.paper.cli import SUBCOMMANDS
 
     text = README.read_text(encoding="utf-8")
     code = " ".join(FENCE.findall(text) + INLINE_CODE.findall(text))
@@ -272,14 +272,15 @@ def readme_layout() -> str:
 
 
 def test_the_readme_layout_matches_the_code():
-    """Every entry of the tree exists, and every module of src/ess and rules file is named."""
+    """Every entry of the tree exists, and every module of src/ess (with ess.paper's) and every
+    rules file is named."""
     layout = readme_layout()
     column = layout.splitlines()[1].index("entry point")  # where the descriptions start
     entries = [entry for line in layout.splitlines()[1:-1] for entry in line[:column].split()]
     missing = [entry for entry in entries if not (ROOT / entry.rstrip("/")).exists()]
     assert entries and not missing, missing
     words = set(re.findall(r"\w+", layout))
-    modules = {p.stem for p in (ROOT / "src" / "ess").glob("*.py")} - {"__init__"}
+    modules = {p.stem for p in (ROOT / "src" / "ess").rglob("*.py")} - {"__init__"}
     rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")}
     unnamed = sorted((modules | rules) - words)
     assert not unnamed, f"not in the README's layout: {unnamed}"

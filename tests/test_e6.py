@@ -1,11 +1,12 @@
-"""ess.e6: the tables, verdicts and caption text of E6's notebooks, on small aggregate tables."""
+"""ess.paper.e6.report: the tables, verdicts and caption text of E6's notebooks, on small aggregate
+tables."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ess import e6
-from ess.modulation import tau_column
+from ess.outputs import tau_column
+from ess.paper.e6 import report as e6
 
 
 def by_model_table() -> pd.DataFrame:

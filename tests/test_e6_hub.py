@@ -18,7 +18,7 @@ import yaml
 from safetensors import safe_open
 from standins import PAPER_REPOS, build_standin, standin_tokenizer, write_hub_cache
 
-from ess.fetch import FETCH_MARKER
+from ess.paper.e6.fetch import FETCH_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -65,7 +65,7 @@ def standin_config(hf_home: Path, commits: dict[str, str], standins: dict) -> di
         profile={"offsets": [-8, -4, -1, 0, 1, 4, 8]},
         drop={"before": 8, "after": 8},
     )
-    config["ess"]["position_stride"] = 256
+    config["e6"]["position_stride"] = 256
     config["stats"]["n_boot"] = 200
     config["fetch"] = {"on_submit_node": True, "hf_home": str(hf_home)}
     config["resources"] = {"default": {"threads": 1}}

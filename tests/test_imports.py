@@ -22,17 +22,22 @@ ROOT = Path(__file__).resolve().parents[1]
 # what the notebooks and the aggregates import: the analysis and notebooks envs have no torch
 ANALYSIS_MODULES = [
     "ess",
-    "ess.modulation",
-    "ess.stats",
-    "ess.publish",
-    "ess.delimiters",
-    "ess.boundaries",
-    "ess.e6",
-    "ess.experiments",
-    "ess.synthetic",
-    "ess.verdicts",
-    "ess.captions",
-    "ess.summary",
+    "ess.paper.e6.modulation",
+    "ess.paper.stats",
+    "ess.paper.publish",
+    "ess.paper.e6.delimiters",
+    "ess.paper.e6.boundaries",
+    "ess.paper.e6.report",
+    "ess.paper.synthetic.grid",
+    "ess.paper.synthetic.tables",
+    "ess.paper.synthetic.verdicts",
+    "ess.paper.synthetic.captions",
+    "ess.paper.synthetic.experiments",  # and through it e1 ... e8
+    "ess.paper.training.registry",
+    "ess.paper.training.model_config",
+    "ess.paper.results",
+    "ess.paper.summary",
+    "ess.outputs",
 ]
 
 
@@ -60,7 +65,7 @@ def test_the_metric_is_still_importable_from_ess():
 
 def module_level_imports(tree: ast.Module) -> set[str]:
     """Modules imported at the top level of a module (not inside functions: those are lazy by
-    design); `from ess import modulation` counts as ess.modulation."""
+    design); `from ess import modulation` counts as ess.paper.e6.modulation."""
     names = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -145,3 +150,78 @@ def test_each_conda_env_installs_what_its_rules_import(env):
         if not {normalize(d) for d in distributions.get(name, [])} & installed
     }
     assert not missing, f"envs/{env}.yaml lacks what its rules import: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The two rooms: `ess` (the measurement) never imports `ess.paper` (the reproduction)
+
+
+def ess_module_name(path: Path) -> str:
+    """ess.x.y of src/ess/x/y.py (a package's __init__.py: the package)."""
+    parts = path.relative_to(ROOT / "src").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def ess_imports(path: Path) -> set[str]:
+    """Every ess module `path` imports, at module level or inside a function, resolved to a
+    module of src/ (`from ess.paper import cost` -> ess.paper.cost; a name in a module -> it)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    modules = set()
+    for name in names:
+        while name.startswith("ess") and local_source(name) is None:
+            name = name.rpartition(".")[0]
+        if name.startswith("ess") and name != ess_module_name(path):
+            modules.add(name)
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{ess module: the ess modules it imports} over every file of src/ess; packages' own
+    __init__ imports (`import ess.paper.x` names ess and ess.paper too) are left out."""
+    graph = {}
+    for path in sorted((ROOT / "src" / "ess").rglob("*.py")):
+        packages = {ess_module_name(p) for p in (ROOT / "src" / "ess").rglob("__init__.py")}
+        graph[ess_module_name(path)] = ess_imports(path) - packages
+    return graph
+
+
+def test_the_core_imports_nothing_of_ess_paper():
+    graph = import_graph()
+    core = [name for name in graph if not name.startswith("ess.paper")]
+    assert {"ess.metric", "ess.dense_path", "ess.hf", "ess.measure", "ess.trace"} <= set(core)
+    arrows = {name: sorted(m for m in graph[name] if m.startswith("ess.paper")) for name in core}
+    assert not any(arrows.values()), {name: to for name, to in arrows.items() if to}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first walk of `graph` (each reported once per back edge)."""
+    found, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(trail[trail.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_module_of_ess_imports_itself_through_others():
+    assert not cycles(import_graph())
+
+
+def test_the_graph_checks_can_fail():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert not cycles({"a": {"b"}, "b": {"c"}, "c": set()})
+    assert ess_imports(ROOT / "src" / "ess" / "paper" / "plan.py") >= {"ess.paper.cost"}

@@ -1,6 +1,6 @@
-"""ess.models and ess.mixers: every mixer against its reference in ess.operators (T, realisation,
-output, TSS), its operator against its own output, the model's shapes and causality, the
-regulariser."""
+"""ess.paper.training.models and ess.paper.training.mixers: every mixer against its reference in
+ess.operators (T, realisation, output, TSS), its operator against its own output, the model's shapes
+and causality, the regulariser."""
 
 import math
 
@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from ess import operators as ops
 from ess.kernels import scan
-from ess.mixers import MIXERS, S6_FULL_SCAN_ELEMENTS, make_mixer, split_heads
-from ess.models import LanguageModel, ModelConfig, state_transition_regulariser
+from ess.paper.training.mixers import S6_FULL_SCAN_ELEMENTS, make_mixer, split_heads
+from ess.paper.training.model_config import ModelConfig
+from ess.paper.training.models import LanguageModel, state_transition_regulariser
+from ess.paper.training.registry import MIXER_NAMES
 
 SMALL = {"vocab_size": 32, "d_model": 16, "n_layers": 2, "n_heads": 2, "state_size": 4, "window": 5}
 
@@ -59,7 +61,7 @@ def reference_mixer(kind: str, mixer: torch.nn.Module, x: torch.Tensor):
     return ops.gated_linear_attention(q_alpha, k_dt, gates), forward
 
 
-@pytest.mark.parametrize("kind", MIXERS)
+@pytest.mark.parametrize("kind", MIXER_NAMES)
 def test_every_mixer_is_its_reference_in_ess_operators(kind):
     """As Mamba's ssd_minimal against its fused kernel: the model's T, realisation, TSS and
     output against the reference built from the model's own projections, y = T u included."""
@@ -85,7 +87,7 @@ def test_every_mixer_is_its_reference_in_ess_operators(kind):
             assert torch.equal(op.tss, reference.tss)
 
 
-@pytest.mark.parametrize("kind", MIXERS)
+@pytest.mark.parametrize("kind", MIXER_NAMES)
 def test_operator_applied_to_the_value_stream_is_the_mixer_output(kind):
     model = small_model(kind)
     input_ids = torch.randint(0, 32, (3, 19), generator=torch.Generator().manual_seed(1))
@@ -134,7 +136,7 @@ def test_transitions_are_identity_for_la_and_decays_otherwise():
         assert (A > 0).all() and (A < 1).all()
 
 
-@pytest.mark.parametrize("kind", MIXERS)
+@pytest.mark.parametrize("kind", MIXER_NAMES)
 def test_model_is_causal_and_has_the_right_shapes(kind):
     model = small_model(kind)
     a = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(3))

@@ -1,4 +1,5 @@
-"""ess.modulation (E6's statistics) and the offsets, positions and profiles of ess.delimiters."""
+"""ess.paper.e6.modulation (E6's statistics) and the offsets, positions and profiles of
+ess.paper.e6.delimiters."""
 
 import itertools
 
@@ -8,8 +9,9 @@ import pytest
 from scipy.stats import kendalltau
 from test_delimiters import PASSAGES, WordTokenizer
 
-from ess import modulation
-from ess.boundaries import (
+from ess import outputs
+from ess.paper.e6 import modulation
+from ess.paper.e6.boundaries import (
     boundary_profile,
     delimiter_drop,
     offset_mask,
@@ -17,8 +19,8 @@ from ess.boundaries import (
     reset_bound,
     trace_positions,
 )
-from ess.delimiters import build_delimited_sequence
-from ess.stats import bootstrap_mean_ci, excludes_zero, minimum_detectable_effect
+from ess.paper.e6.delimiters import build_delimited_sequence
+from ess.paper.stats import bootstrap_mean_ci, excludes_zero, minimum_detectable_effect
 
 OFFSETS = [-8, -4, -2, -1, 0, 1, 2, 4, 8]
 
@@ -190,7 +192,7 @@ def synthetic_ess(sequences, step):
                             "position": np.arange(1, built.length),
                             "ess_tolerance": value,
                             "ess_entropy": value / 2,
-                            modulation.tau_column(1e-2): value,
+                            outputs.tau_column(1e-2): value,
                             "tss": 16,
                         }
                     )
@@ -200,7 +202,7 @@ def synthetic_ess(sequences, step):
 
 def synthetic_per_layer(sequences, step):
     """`synthetic_ess` reduced as rule aggregate_e6 reduces each ESS table."""
-    values = ["ess_tolerance", "ess_entropy", modulation.tau_column(1e-2), "tss"]
+    values = ["ess_tolerance", "ess_entropy", outputs.tau_column(1e-2), "tss"]
     (length,) = {built.length for built in sequences.values()}
     return modulation.head_means(synthetic_ess(sequences, step), values, length)
 
@@ -287,8 +289,8 @@ def test_aggregate_gives_every_table_of_the_rule():
     assert set(tables) == {
         "traces", "boundaries", "by_layer", "by_model", "correlation", "profile", "hierarchy"
     }  # fmt: skip
-    tau = modulation.tau_column(1e-2)
-    assert modulation.tau_of(tau) == 1e-2
+    tau = outputs.tau_column(1e-2)
+    assert outputs.tau_of(tau) == 1e-2
     boundaries = tables["boundaries"]
     assert set(boundaries.loc[boundaries["metric"] == tau, "layer"]) == {modulation.ALL_LAYERS}
     assert set(boundaries.loc[boundaries["metric"] != tau, "layer"]) == {0, 1, -1}

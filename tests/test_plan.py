@@ -1,4 +1,4 @@
-"""The cost model and the plan (ess.cost, ess.plan, `ess plan`): the plan lists the jobs
+"""The cost model and the plan (ess.paper.cost, ess.paper.plan, `ess plan`): the plan lists the jobs
 Snakemake runs, its laws reproduce their calibration, a job over the cluster limits is refused
 by name before any job runs, and nothing in the SLURM profile overrides the estimates."""
 
@@ -11,8 +11,8 @@ import pytest
 import yaml
 from test_workflow import ROOT, dry_run, job_counts
 
-from ess import cost, plan
-from ess.workflow_config import load_config
+from ess.paper import cost, plan
+from ess.paper.config_checks import load_config
 
 PAPER = ROOT / "config" / "paper.yaml"
 
@@ -67,7 +67,7 @@ def test_oversized_cell_is_refused_by_name_in_the_dry_run(tmp_path):
 
 def test_ess_plan_prints_the_table_and_fails_on_a_job_over_the_limits(tmp_path):
     ok = subprocess.run(
-        [sys.executable, "-m", "ess.cli", "plan", "--profile", str(ROOT / "profiles" / "slurm")],
+        [sys.executable, "-m", "ess.paper.cli", "plan", "--profile", ROOT / "profiles" / "slurm"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
@@ -76,7 +76,7 @@ def test_ess_plan_prints_the_table_and_fails_on_a_job_over_the_limits(tmp_path):
     assert "GPU-hours" in ok.stdout and "peak disk" in ok.stdout
     assert "no job exceeds the limits" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "ess.cli", "plan", "--configfile", str(oversized_config(tmp_path))],
+        [sys.executable, "-m", "ess.paper.cli", "plan", "--configfile", oversized_config(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1

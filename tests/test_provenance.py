@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ess.provenance import (
-    atomic_output,
-    audit,
-    check_chain,
-    git_state,
-    manifest_path,
-    sha256_file,
-    sha256_tree,
-    write_manifest,
-)
+from ess.outputs import atomic_output, sha256_file, sha256_tree
+from ess.paper.provenance import audit, check_chain, git_state, manifest_path, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +87,7 @@ def test_result_without_manifest_is_a_problem(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ess.cli", *args]
+    command = [sys.executable, "-m", "ess.paper.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
@@ -227,7 +219,7 @@ def test_an_input_named_by_several_manifests_is_hashed_once_per_job(tmp_path, mo
     """One job writes a manifest per seed, each naming the same model directory: with a shared
     memo (workflow_job.INPUT_HASHES) the directory is hashed once, and every manifest records
     the hash a fresh hash gives."""
-    import ess.provenance as provenance
+    import ess.paper.provenance as provenance
 
     model = tmp_path / "model"
     model.mkdir()

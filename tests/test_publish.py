@@ -7,8 +7,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from ess.provenance import audit, manifest_path
-from ess.publish import (
+from ess.paper.provenance import audit, manifest_path
+from ess.paper.publish import (
     formatted,
     interval_text,
     latex_escape,

@@ -1,7 +1,7 @@
 """The rehearsal of config/paper.yaml under SLURM: every rule of its DAG at paper shapes,
 thinned only in counts (tests/rehearsal.py), through `snakemake --profile slurm all` on the
 local cluster (tests/slurm/start-cluster.sh). Each job's sacct MaxRSS and Elapsed stand beside
-the plan's estimate and request (ess.plan): every job must stay within its request and within
+the plan's estimate and request (ess.paper.plan): every job must stay within its request and within
 twice its estimate. The table goes to $ESS_REHEARSAL_TABLE when set (benchmarks/rehearsal.md
 holds the committed one)."""
 
@@ -25,8 +25,8 @@ from standins import PAPER_REPOS, build_standin, standin_tokenizer, write_hub_ca
 from test_e6_hub import FAMILY, standin_config
 from test_slurm import fresh_checkout, run_snakemake, slurm_cluster  # noqa: F401
 
-from ess.plan import job_resources, plan_jobs
-from ess.workflow_config import load_config
+from ess.paper.config_checks import load_config
+from ess.paper.plan import job_resources, plan_jobs
 
 REHEARSAL_TIMEOUT_S = 3600
 # About 190 SLURM jobs on a 2-CPU node: 30-50 minutes here. It runs when asked for

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from test_workflow import BIN, ENV, ROOT, SMALL_CONFIG, audit
 
-from ess.provenance import check_chain
+from ess.paper.provenance import check_chain
 
 TARGET = "results/tables/synthetic_runs.csv"
 RUNS = ["mqar/kv2/GLA/tss4/base/seed0", "mqar/kv2/GLA/tss4/base/seed1"]

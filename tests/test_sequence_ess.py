@@ -1,4 +1,4 @@
-"""ess.sequence_ess: the long ESS table of rule measure_e6_ess, against the definition."""
+"""ess.paper.e6.sequence_ess: the long ESS table of rule measure_e6_ess, against the definition."""
 
 import numpy as np
 import pandas as pd
@@ -7,9 +7,10 @@ import torch
 
 from ess import hf
 from ess.layers import save_operators
-from ess.models import LanguageModel, ModelConfig
-from ess.modulation import tau_column
-from ess.sequence_ess import capture_channels, operator_bytes, sequence_ess
+from ess.outputs import tau_column
+from ess.paper.e6.sequence_ess import capture_channels, operator_bytes, sequence_ess
+from ess.paper.training.model_config import ModelConfig
+from ess.paper.training.models import LanguageModel
 
 LENGTH = 12
 POSITIONS = np.array([1, 3, 6, 10])

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from test_workflow import FIGURES, SMALL_CONFIG, TABLES  # the small real target: one definition
 
-from ess.plan import job_resources, plan_jobs
-from ess.workflow_config import load_config
+from ess.paper.config_checks import load_config
+from ess.paper.plan import job_resources, plan_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
@@ -349,7 +349,7 @@ def test_real_workflow_small_target_runs_each_job_on_slurm(slurm_cluster, tmp_pa
         assert "cpu=1," in acct[j]["AllocTRES"] + ",", acct[j]
         assert "gres/gpu" not in acct[j]["AllocTRES"], acct[j]
 
-    # Each manifest records the SLURM job that wrote it (ess.provenance: SLURM_JOB_ID): the
+    # Each manifest records the SLURM job that wrote it (ess.paper.provenance: SLURM_JOB_ID): the
     # manifests of one job carry one id, those of different jobs different ids.
     manifests = {
         str(path.relative_to(tmp_path)): json.loads(path.read_text())["slurm_job_id"]

@@ -1,4 +1,4 @@
-"""ess.stats: seeded bootstrap intervals."""
+"""ess.paper.stats: seeded bootstrap intervals."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ess.stats import (
+from ess.paper.stats import (
     bootstrap_mean_ci,
     cluster_bootstrap_rows,
     correlation_with_ci,

@@ -1,4 +1,4 @@
-"""results/summary.md (ess.summary): built from small tables and manifests made here, it must
+"""results/summary.md (ess.paper.summary): built from small tables and manifests made here, it must
 show exactly their verdict records, the E6 table's numbers and the jobs' times."""
 
 import json
@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ess import summary
-from ess.provenance import manifest_path, write_manifest
-from ess.publish import save_table
-from ess.verdicts import Verdict
+from ess.paper import summary
+from ess.paper.provenance import manifest_path, write_manifest
+from ess.paper.publish import save_table
+from ess.paper.synthetic.verdicts import Verdict
 
 E1 = Verdict("accuracy tracks ESS/kv", "inconclusive (CIs overlap)", "r = 0.53 [0.25, 0.73]")
 E4 = Verdict("lambda ||A - I||_F counters collapse", "does not hold", "GLA 0.225 -> 0.225")
@@ -177,8 +177,8 @@ def test_the_summary_follows_a_changed_table(run):
 
 def test_e6_and_e8_decide_a_verdict_record():
     """The records E6's drop-vs-recall figure and E8's table keep for the summary."""
-    from ess.e6 import RECALL_CLAIM, recall_verdict
-    from ess.verdicts import E8_CLAIM, tolerance_verdict
+    from ess.paper.e6.report import RECALL_CLAIM, recall_verdict
+    from ess.paper.synthetic.e8 import E8_CLAIM, tolerance_verdict
 
     pairs = {
         ("eos", "removed"): ("r = 0.82 [0.17, 1.00]", "held"),

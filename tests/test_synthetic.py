@@ -1,5 +1,5 @@
-"""ess.synthetic: run specs, the ESS of a trained model against the naive definition, and the
-per-run table the synthetic figures read."""
+"""ess.paper.synthetic.tables: run specs, the ESS of a trained model against the naive definition,
+and the per-run table the synthetic figures read."""
 
 import math
 
@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from ess.experiments import memory_items, run_configs
 from ess.kernels import materialise, materialise_by_rows
 from ess.layers import LayerOperator
-from ess.measure import TOLERANCES, cheaper_path, layer_ess, model_ess
+from ess.measure import TOLERANCES, cheaper_path, layer_ess
 from ess.metric import effective_state_size_naive, tolerance_ess
-from ess.models import LanguageModel, ModelConfig
-from ess.synthetic import runs_table
-from ess.tasks import TaskConfig
+from ess.paper.synthetic.grid import memory_items, run_configs
+from ess.paper.synthetic.model_ess import model_ess
+from ess.paper.synthetic.tables import runs_table
+from ess.paper.training.model_config import ModelConfig
+from ess.paper.training.models import LanguageModel
+from ess.paper.training.tasks import TaskConfig
 
 
 def naive_layer_ess(op: LayerOperator, tol: float) -> tuple[float, float]:
@@ -158,12 +160,12 @@ def test_materialise_by_rows_is_materialise():
 def test_model_ess_in_groups_of_sequences_is_model_ess_in_one(monkeypatch):
     """Sequences measured in groups (here of 1, as a paper-size S6 cell's operators are)
     give the table of one batch: the means weigh every sequence alike."""
-    import ess.measure
+    import ess.paper.synthetic.model_ess as module
 
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(vocab_size=16, d_model=8, layers="SA,S6", state_size=4))
     inputs = torch.randint(0, 16, (3, 12), generator=torch.Generator().manual_seed(1))
     whole = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
-    monkeypatch.setattr(ess.measure, "OPERATOR_GROUP_BYTES", 1)
+    monkeypatch.setattr(module, "OPERATOR_GROUP_BYTES", 1)
     grouped = model_ess(model, inputs, tolerances=[1e-1, 1e-3])
     pd.testing.assert_frame_equal(grouped, whole, check_exact=False, rtol=1e-12)

@@ -1,6 +1,6 @@
-"""ess.synthetic's statistics for the figures (run selection, correlations that survive
-degenerate data), ess.verdicts on the paper's claims and ess.captions, on small hand-made
-tables."""
+"""ess.paper.synthetic.tables's statistics for the figures (run selection, correlations that survive
+degenerate data), ess.paper.synthetic.verdicts on the paper's claims and
+ess.paper.synthetic.captions, on small hand-made tables."""
 
 import copy
 import math
@@ -11,35 +11,33 @@ import pandas as pd
 import pytest
 import yaml
 
-from ess.captions import notebook_settings, settings_text
-from ess.synthetic import (
+from ess.paper.synthetic.captions import notebook_settings
+from ess.paper.synthetic.e1 import (
     accuracy_correlations,
     correlation_table,
-    distillation_table,
-    downsampled_curve,
-    experiment_runs,
-    failure_mode_table,
+    correlation_verdict,
+    pooled,
+)
+from ess.paper.synthetic.e2 import collapse_verdict, failure_mode_table
+from ess.paper.synthetic.e3 import featurisation_verdict
+from ess.paper.synthetic.e4 import reference_runs, regulariser_table, regulariser_verdict
+from ess.paper.synthetic.e5 import distillation_table, distillation_verdict
+from ess.paper.synthetic.e7 import (
+    first_layer_attention_verdict,
     hybrid_column_name,
     hybrid_table,
     layer_table,
+)
+from ess.paper.synthetic.e8 import tolerance_correlations, verdicts_by_tolerance
+from ess.paper.synthetic.experiments import settings_text
+from ess.paper.synthetic.tables import (
+    downsampled_curve,
+    experiment_runs,
     model_level,
-    pooled,
     read_curves,
-    reference_runs,
-    regulariser_table,
     smoothed_curves,
-    tolerance_correlations,
 )
-from ess.verdicts import (
-    collapse_verdict,
-    combined_verdict,
-    correlation_verdict,
-    distillation_verdict,
-    featurisation_verdict,
-    first_layer_attention_verdict,
-    regulariser_verdict,
-    verdicts_by_tolerance,
-)
+from ess.paper.synthetic.verdicts import combined_verdict
 
 BOOT = {"n_boot": 200, "seed": 0}
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""ess.tasks: the generators' invariants, seeding and argument checks."""
+"""ess.paper.training.tasks: the generators' invariants, seeding and argument checks."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ess.tasks import (
+from ess.paper.training.tasks import (
     IGNORE,
     TaskConfig,
     compression,

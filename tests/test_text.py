@@ -1,4 +1,4 @@
-"""ess.text: the shipped corpus and the bigram-recall score."""
+"""ess.paper.e6.text: the shipped corpus and the bigram-recall score."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ess.text import (
+from ess.paper.e6.text import (
     LM_END_OF_TURN,
     LM_EOS,
     bigram_occurrence,
@@ -215,7 +215,7 @@ def tokenizer(passages):
 
 
 def test_trained_tokenizer_has_every_e6_delimiter_and_is_deterministic(passages, tokenizer):
-    from ess.delimiters import DELIMITERS, delimiter_tokens, end_of_turn_token
+    from ess.paper.e6.delimiters import DELIMITERS, delimiter_tokens, end_of_turn_token
 
     assert tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == LM_EOS
     assert end_of_turn_token(tokenizer) == (
@@ -231,7 +231,7 @@ def test_trained_tokenizer_has_every_e6_delimiter_and_is_deterministic(passages,
 
 
 def test_language_model_stream_puts_one_delimiter_after_each_passage(passages, tokenizer):
-    from ess.delimiters import encode
+    from ess.paper.e6.delimiters import encode
 
     texts = passages[:40]
     stream = language_model_stream(tokenizer, texts, seed=3)
@@ -254,8 +254,8 @@ def test_token_windows_are_consecutive_next_token_pairs():
 
 
 def test_train_language_model_learns_the_stream_and_is_seeded(passages, tokenizer):
-    from ess.models import ModelConfig
-    from ess.train import TrainConfig
+    from ess.paper.training.model_config import ModelConfig
+    from ess.paper.training.train import TrainConfig
 
     stream = language_model_stream(tokenizer, passages[:60], seed=0)
     config = ModelConfig(vocab_size=len(tokenizer), d_model=32, n_layers=2, layers="GLA,SA")

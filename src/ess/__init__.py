@@ -4,9 +4,11 @@ The public entry points are `effective_state_size` (any materialised causal oper
 `effective_state_size_ssm` (an operator given by a time-varying realisation (A, B, C), never
 materialised). See README.md for a worked example, docs/library.md for the API.
 
-They are loaded from their modules on first use, so that `import ess` and the analysis modules
-(ess.modulation, ess.stats, ess.publish, ess.delimiters) do not import torch: the aggregates
-and notebooks that only read tables run without it.
+`ess` is the measurement (this package's modules); `ess.paper` reproduces the paper on top of
+it, and nothing here imports from there. The public names are loaded from their modules on
+first use, so that `import ess` and the modules that only read tables (ess.outputs, the
+analysis modules of ess.paper) do not import torch: the aggregates and notebooks run without
+it.
 """
 
 from importlib import import_module

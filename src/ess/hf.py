@@ -63,7 +63,6 @@ from torch import Tensor, nn
 
 from ess.kernels import scan
 from ess.layers import LayerOperator
-from ess.models import LanguageModel
 
 # model_type -> why no single causal T describes its mixer
 COMPOSITE_MIXERS = {
@@ -331,8 +330,8 @@ def _recording_attention(recorder: _Recorder) -> Iterator[None]:
 
         return attention
 
-    # Imported here: importing transformers takes ~2 s, which every capture from an ess.models
-    # checkpoint would pay without using it.
+    # Imported here: importing transformers takes ~2 s, which every capture from an
+    # ess.paper.training.models checkpoint would pay without using it.
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     registry = ALL_ATTENTION_FUNCTIONS
@@ -865,10 +864,11 @@ def capture_operators(
     check_error allowed ("dtype": `verify_tolerance` of the model's weights; None: no check).
     Raises CompositeMixer, NoCaptureRoute, SelfCheckError.
 
-    An ess.models.LanguageModel goes through `language_model_operators` instead.
+    A model with its own `operators(input_ids)` (ess.paper.training.models.LanguageModel, or any
+    model of yours) goes through `own_operators` instead.
     """
-    if isinstance(model, LanguageModel):
-        return language_model_operators(model, input_ids)
+    if callable(getattr(model, "operators", None)):
+        return own_operators(model, input_ids)
     check_capturable(model)
     input_ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
     if input_ids.shape[0] != 1:
@@ -975,8 +975,9 @@ def family_routes() -> list[dict]:
     ]
 
 
-def language_model_operators(model: LanguageModel, input_ids: torch.Tensor) -> list[LayerOperator]:
-    """Every layer's operator of an ess.models.LanguageModel on one sequence, in layer order.
+def own_operators(model: nn.Module, input_ids: torch.Tensor) -> list[LayerOperator]:
+    """Every layer's operator of a model with its own `operators(input_ids)` on one sequence, in
+    layer order (ess.paper.training.models.LanguageModel is one).
 
     input_ids: (L,) or (1, L). `model.operators` (one forward pass, no gradients) for the one
     sequence, as float32 on the CPU with meta["family"] = "ess": T (H, L, L) for attention,

@@ -14,9 +14,9 @@ A diagonal recurrence, per head or channel, t = 0 .. L-1 and x_{-1} = 0:
 - `scan_chunked`: the recurrence in chunks (GLA's chunkwise form), fast for training;
 - `attention_matrix`: softmax attention's T from its logits, causal (and windowed).
 
-ess.operators (the reference mixers), ess.models (the trained mixers) and ess.layers (captured
-layers) all call these. ess.models trains through `scan`, `scan_chunked` and
-`attention_matrix`: their arithmetic, and its order, is what trained checkpoints were computed
+ess.operators (the reference mixers), ess.paper.training.models (the trained mixers) and ess.layers
+(captured layers) all call these. ess.paper.training.models trains through `scan`, `scan_chunked`
+and `attention_matrix`: their arithmetic, and its order, is what trained checkpoints were computed
 with, so change it only knowing that every trained model and table downstream changes too.
 No input checks here: callers validate.
 """

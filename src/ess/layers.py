@@ -1,14 +1,15 @@
 """One layer's sequence-mixing operator (docs/method.md §1): the type every model produces.
 
-`LayerOperator` is what `ess.models.LanguageModel.operators` returns for a batch of sequences
-and what `ess.hf.capture_operators` returns for one sequence of a transformers model (or of a
-LanguageModel). It keeps T in the form it was produced in, never converted until asked:
+`LayerOperator` is what `ess.paper.training.models.LanguageModel.operators` returns for a batch of
+sequences and what `ess.hf.capture_operators` returns for one sequence of a transformers model (or
+of a LanguageModel). It keeps T in the form it was produced in, never converted until asked:
 
-- attention, T (..., H, L, L): the attention matrix itself (ess.models SA, SWA);
+- attention, T (..., H, L, L): the attention matrix itself (ess.paper.training.models SA, SWA);
 - attention, q (H, L, d), k (H_kv, L, d) [, sinks (H,) or (H, L)] [, bias (H or 1, L, L)]
   with meta scale, window, softcap, n_heads, n_kv_heads: post-RoPE queries and keys
   (transformers attention);
-- ssm, A, B, C (..., H, L, N) [, D (H,)]: the realisation itself (ess.models LA, WLA, GLA,
+- ssm, A, B, C (..., H, L, N) [, D (H,)]: the realisation itself (ess.paper.training.models LA, WLA,
+GLA,
   GLA-S6, S6; for S6 the channels are the "heads");
 - ssm, meta mixer "mamba": dt (L, D), a (D, N), B, C (L, N), D (D,) [, u (L, D)] (mamba,
   falcon_mamba, jamba);
@@ -99,9 +100,9 @@ class LayerOperator:
 
     def realisation(self, channels: Channels = None) -> tuple[Tensor, Tensor, Tensor]:
         """(A, B, C), each (..., H, L, N), of an ssm layer: x_t = A_t x_{t-1} + B_t u_t,
-        y_t = C_t . x_t per head (mamba2, ess.models) or channel (mamba, S6); the skip D is
-        left out. `channels` picks heads/channels first: a whole mamba layer is D L N numbers
-        per factor."""
+        y_t = C_t . x_t per head (mamba2, ess.paper.training.models) or channel (mamba, S6); the
+        skip D is left out. `channels` picks heads/channels first: a whole mamba layer is D L N
+        numbers per factor."""
         if self.kind != "ssm":
             raise ValueError(f"layer {self.layer} is {self.kind}: it has no fixed-size realisation")
         t = self.tensors

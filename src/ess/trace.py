@@ -9,7 +9,6 @@ with its provenance in the file metadata; `plot_trace` draws it, from the table 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import platform
@@ -23,8 +22,7 @@ import torch
 from ess.layers import LayerOperator
 from ess.measure import layer_ess
 from ess.metric import tolerance_ess
-from ess.modulation import tau_column
-from ess.provenance import atomic_output, sha256_file, sha256_tree
+from ess.outputs import atomic_output, sha256_file, sha256_tree, tau_column
 
 METADATA_KEY = b"ess_trace"
 DEFAULT_UNITS = 16  # heads/channels measured per mixer unless asked: evenly spread
@@ -170,37 +168,12 @@ def trace_table(
 # The model
 
 
-def resolve_model(spec: str, cache: Path) -> tuple[Path, Path]:
-    """(directory to load, what was hashed) for MODEL: a transformers directory (or one
-    ess.fetch.save_language_model wrote), a .gguf file (converted once into `cache`, keyed by
-    its hash), or hf:<repo>@<revision> (fetched through ess.fetch into `cache`, then converted
-    if it holds a GGUF)."""
-    from ess.fetch import LANGUAGE_MODEL_MARKER, convert_to_transformers, fetch_model
-
-    if spec.startswith("hf:"):
-        key = hashlib.sha256(spec.encode()).hexdigest()[:16]
-        fetched = fetch_model(spec, cache / "fetched" / key)
-        return convert_to_transformers(fetched, cache / "converted" / key), fetched
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        key = sha256_file(path)[:16]
-        return convert_to_transformers(path, cache / "converted" / key), path
-    if path.is_dir():
-        if (path / "config.json").is_file() or (path / LANGUAGE_MODEL_MARKER).is_file():
-            return path, path  # a transformers directory, or a model the workflow trained
-        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        return convert_to_transformers(path, cache / "converted" / key), path
-    raise ValueError(
-        f"bad MODEL {spec!r}: not a transformers directory, a .gguf file or hf:<repo>@<revision>"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Provenance and files
 
 
 def model_digest(path: Path) -> str:
-    """sha256 of a model file (GGUF) or directory tree (ess.provenance)."""
+    """sha256 of a model file (GGUF) or directory tree (ess.outputs)."""
     return sha256_file(path) if path.is_file() else sha256_tree(path)
 
 

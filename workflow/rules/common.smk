@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from ess.plan import (
+from ess.paper.plan import (
     JOB_NAMES,
     check_plan,
     job_resources,
@@ -15,14 +15,15 @@ from ess.plan import (
     threads_of,
     train_retries,
 )
-from ess.workflow_config import prepare_config
+from ess.paper.config_checks import prepare_config
+from ess.paper.results import FORMATS, result_paths
 
 # ---------------------------------------------------------------------------------------------
 # Config validation: before any job is scheduled.
 
 # --config values (strings below the top level) read as the schema's types and merged key by
 # key, then the schema (its defaults filled in) and what it cannot say: sizes that must fit
-# each other, names that must exist. A refusal names the dotted key (ess.workflow_config).
+# each other, names that must exist. A refusal names the dotted key (ess.paper.config_checks).
 prepare_config(
     config,
     workflow.config_settings.config,
@@ -91,7 +92,7 @@ def e6_sequence_delimiter(task):
 
 
 def e6_condition(task):
-    """ess.delimiters condition of a task: "delimited" or the control's name."""
+    """ess.paper.e6.delimiters condition of a task: "delimited" or the control's name."""
     return "delimited" if task in config["e6"]["delimiters"] else task
 
 
@@ -107,7 +108,7 @@ def e6_add_bos(model):
 
 def planned(rule, key):
     """A resource of `rule`'s jobs (mem_mb, runtime or gpu), from the cost model for each
-    job's shape, growing with the attempt (ess.plan.job_resources)."""
+    job's shape, growing with the attempt (ess.paper.plan.job_resources)."""
 
     def resource(wildcards, attempt):
         name = JOB_NAMES[rule].format(**wildcards)
@@ -118,8 +119,8 @@ def planned(rule, key):
 
 def planned_spec(spec, run):
     """A synthetic run's spec, with the micro-batch that the plan chose to fit the GPU
-    (ess.plan.micro_batch_size) when it is smaller than the batch: the train job then
-    accumulates its gradient over micro-batches (ess.train.batch_gradient). A run that fits,
+    (ess.paper.plan.micro_batch_size) when it is smaller than the batch: the train job then
+    accumulates its gradient over micro-batches (ess.paper.training.train.batch_gradient). A run that fits,
     and every CPU run, keeps its spec as the config states it."""
     notes = planned_jobs()[("train_synthetic", run)].notes
     if notes["micro_batch_size"] >= notes["batch_size"]:
@@ -219,18 +220,29 @@ def e6_recall_tables():
     return [recall_path(model) for model in e6_models()]
 
 
-def published_targets(figures, tables):
-    """Every figure (PNG + PDF) and table (CSV + Markdown + LaTeX), each with its manifest."""
-    targets = []
-    for name in figures:
-        for ext in ("png", "pdf"):
-            path = f"results/figures/{name}.{ext}"
-            targets += [path, manifest(path)]
-    for name in tables:
-        for ext in ("csv", "md", "tex"):
-            path = f"results/tables/{name}.{ext}"
-            targets += [path, manifest(path)]
-    return targets
+def published_targets(names):
+    """Every file of every published figure and table, {(group, kind): names}, each with its
+    manifest."""
+    paths = [
+        path
+        for (_, kind), group_names in names.items()
+        for name in group_names
+        for path in result_paths(kind, name)
+    ]
+    return [target for path in paths for target in (path, manifest(path))]
+
+
+def notebook_outputs(kind, group, category):
+    """A notebook rule's outputs: the files of the figure or table {name}, keyed by format (the
+    first shown in the HTML report with its group's caption), and their manifests."""
+    first, *rest = paths = result_paths(kind, "{name}")
+    formats = FORMATS[kind]
+    caption = f"../report/{group}_{kind}.rst"
+    return {
+        formats[0]: report(first, caption=caption, category=category),
+        **dict(zip(formats[1:], rest)),
+        "manifests": [manifest(path) for path in paths],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +283,7 @@ def e6_settings():
     return {
         "models": e6_models(),
         "n_tokens": e6["n_tokens"],
-        "position_stride": config["ess"]["position_stride"],
+        "position_stride": config["e6"]["position_stride"],
         "seeds": e6["seeds"],
         "tolerance": config["ess"]["tolerance"],
         "relative": config["ess"]["relative"],

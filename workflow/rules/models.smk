@@ -58,7 +58,7 @@ rule convert_model:
 
 
 # Models trained here (source train:jargon) take the place of fetch + convert: their directory
-# results/models/{model}/hf holds an ess.models.LanguageModel and its BPE tokenizer.
+# results/models/{model}/hf holds an ess.paper.training.models.LanguageModel and its BPE tokenizer.
 rule train_language_model:
     output:
         model=directory("results/models/{model}/hf"),

@@ -1,40 +1,18 @@
 # E1-E5, E7, E8: synthetic tasks -> trained models -> ESS of every trained layer -> one table of
-# runs -> a notebook per figure or table. ess.experiments expands the `synthetic` config section
-# into runs, {key: Run} (runs shared by experiments train once). A run key is also its results
-# path: {task}/{difficulty}/{mixer pattern}/{tss}/{variant}/seed{seed}.
+# runs -> a notebook per figure or table (notebooks.smk). ess.paper.synthetic.experiments
+# expands the `synthetic` config section into runs, {key: Run} (runs shared by experiments train
+# once). A run key is also its results path: {task}/{difficulty}/{mixer pattern}/{tss}/{variant}/seed{seed}.
 
-from ess.captions import notebook_settings
-from ess.experiments import (
-    cells,
-    check_runs,
-    published,
-    run_inputs,
-    run_of,
-    run_path,
-    synthetic_grid,
-    task_fields,
-    task_split_path,
-)
+from ess.paper.results import SYNTHETIC_AGGREGATE, run_inputs, run_path, task_split_path
+from ess.paper.synthetic.experiments import synthetic_grid
+from ess.paper.synthetic.grid import cells, run_of, task_fields
 
+# (checked by ess.paper.config_checks.check_config in common.smk, before any rule)
 SYNTHETIC_RUNS = synthetic_grid(config["synthetic"])
-check_runs(
-    SYNTHETIC_RUNS, config["ess"]["tolerance"], config["synthetic"]["ess"]["tolerances"]
-)
 # A cell is a run key without its seed: its seeds' ESS is measured in one job (one process
 # start, one torch import, instead of one per run).
 SYNTHETIC_SEEDS = config["synthetic"]["seeds"]
 SYNTHETIC_CELLS = cells(SYNTHETIC_RUNS, SYNTHETIC_SEEDS)
-SYNTHETIC_FIGURES, SYNTHETIC_TABLES = published(SYNTHETIC_RUNS)
-# The config behind the numbers, stated in the notebooks' captions.
-SYNTHETIC_SETTINGS = notebook_settings(config)
-SYNTHETIC_AGGREGATE = {
-    # one row per run: labels, test scores, mean over layers at ess.tolerance
-    "runs": "results/aggregate/synthetic_runs.parquet",
-    # one row per run x layer x tau of synthetic.ess.tolerances
-    "layers": "results/aggregate/synthetic_layers.parquet",
-    # one row per run x training step: loss, accuracy, lr
-    "curves": "results/aggregate/synthetic_curves.parquet",
-}
 
 
 rule make_task_split:
@@ -170,85 +148,3 @@ rule aggregate_synthetic:
         "Synthetic runs: one table of accuracy and ESS per run and per layer"
     script:
         "../scripts/aggregate_synthetic.py"
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures and tables: one notebook each (notebooks/<name>.ipynb), all reading the aggregate.
-
-
-rule synthetic_figure:
-    input:
-        **SYNTHETIC_AGGREGATE,
-        notebook=notebook_path("{name}"),
-    output:
-        png=report(
-            "results/figures/{name}.png",
-            caption="../report/synthetic_figure.rst",
-            category="Synthetic tasks (E1-E5, E7, E8)",
-        ),
-        pdf="results/figures/{name}.pdf",
-        manifests=multiext(
-            "results/figures/{name}", ".png.manifest.json", ".pdf.manifest.json"
-        ),
-        notebook="results/notebooks/{name}.ipynb",
-    log:
-        "results/logs/notebooks/{name}.log",
-    wildcard_constraints:
-        name="|".join(SYNTHETIC_FIGURES) or "(?!)",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=planned("synthetic_figure", "mem_mb"),
-        runtime=planned("synthetic_figure", "runtime"),
-    params:
-        parameters=notebook_parameters(
-            ["notebook", *SYNTHETIC_AGGREGATE],
-            ["png", "pdf"],
-            settings=SYNTHETIC_SETTINGS,
-        ),
-    message:
-        "Figure {wildcards.name}"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"
-
-
-rule synthetic_table:
-    input:
-        **SYNTHETIC_AGGREGATE,
-        notebook=notebook_path("{name}"),
-    output:
-        csv=report(
-            "results/tables/{name}.csv",
-            caption="../report/synthetic_table.rst",
-            category="Synthetic tasks (E1-E5, E7, E8)",
-        ),
-        md="results/tables/{name}.md",
-        tex="results/tables/{name}.tex",
-        manifests=multiext(
-            "results/tables/{name}",
-            ".csv.manifest.json",
-            ".md.manifest.json",
-            ".tex.manifest.json",
-        ),
-        notebook="results/notebooks/{name}.ipynb",
-    log:
-        "results/logs/notebooks/{name}.log",
-    wildcard_constraints:
-        name="|".join(SYNTHETIC_TABLES) or "(?!)",
-    conda:
-        "../../envs/notebooks.yaml"
-    resources:
-        mem_mb=planned("synthetic_table", "mem_mb"),
-        runtime=planned("synthetic_table", "runtime"),
-    params:
-        parameters=notebook_parameters(
-            ["notebook", *SYNTHETIC_AGGREGATE],
-            ["csv", "md", "tex"],
-            settings=SYNTHETIC_SETTINGS,
-        ),
-    message:
-        "Table {wildcards.name}"
-    shell:
-        "papermill -k python3 --log-output -y {params.parameters:q} "
-        "{input.notebook} {output.notebook} > {log} 2>&1"

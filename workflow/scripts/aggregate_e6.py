@@ -1,16 +1,16 @@
 """Rule aggregate_e6: read the ESS tables, sequences and recall scores, and write the tables of
-E6's statistics (ess.modulation.aggregate: the drop at every boundary, its bootstrap summaries
-per layer and per model, the boundary-aligned profile, the hierarchy test and the correlation
-of the drop with recall)."""
+E6's statistics (ess.paper.e6.modulation.aggregate: the drop at every boundary, its bootstrap
+summaries per layer and per model, the boundary-aligned profile, the hierarchy test and the
+correlation of the drop with recall)."""
 
 import json
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess import modulation
-from ess.provenance import atomic_output
-from ess.sequence_files import read_sequence
+from ess.outputs import atomic_output
+from ess.paper.e6 import modulation
+from ess.paper.e6.sequences import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,20 +1,23 @@
 """Rule aggregate_synthetic: every run's scores, ESS and curves in three tables
-(ess.synthetic.runs_table): per run (mean over layers at ess.tolerance), per layer and tau, and
-per training step (each run's curve in at most synthetic.curve_points rows, block means,
-ess.synthetic.read_curves: bounded memory at paper.yaml's 1,944 runs x 35,000 steps)."""
+(ess.paper.synthetic.tables.runs_table): per run (mean over layers at ess.tolerance), per layer and
+tau, and per training step (each run's curve in at most synthetic.curve_points rows, block means,
+ess.paper.synthetic.tables.read_curves: bounded memory at paper.yaml's 1,944 runs x 35,000
+steps)."""
 
 import json
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess.provenance import atomic_output
-from ess.synthetic import aggregate_tables
+from ess.outputs import atomic_output
+from ess.paper.synthetic.tables import aggregate_tables
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
 metrics = [json.loads(Path(path).read_text()) for path in smk.input.metrics]
-for m in metrics:  # the structured labels of the grid (ess.experiments.Labels) join the scores
+for (
+    m
+) in metrics:  # the structured labels of the grid (ess.paper.synthetic.grid.Labels) join the scores
     m.update(smk.params.labels[m["run"]])
     del m["spec"]
 runs, layers, curves = aggregate_tables(

@@ -1,4 +1,4 @@
-"""Rule bigram_recall: the model's bigram-recall score (ess.text.bigram_recall) over the
+"""Rule bigram_recall: the model's bigram-recall score (ess.paper.e6.text.bigram_recall) over the
 sequences of one E6 task for passage orders 0 .. orders-1, scored together, as JSON."""
 
 import json
@@ -8,9 +8,9 @@ import torch
 from transformers import AutoTokenizer
 from workflow_job import load_model, record, start
 
-from ess.delimiters import build_delimited_sequence
-from ess.provenance import atomic_output
-from ess.text import bigram_recall, corpus_provenance, load_passages
+from ess.outputs import atomic_output
+from ess.paper.e6.delimiters import build_delimited_sequence
+from ess.paper.e6.text import bigram_recall, corpus_provenance, load_passages
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)
@@ -26,7 +26,7 @@ for seed in range(p.orders):
     )
     chosen = sequence if p.condition == "delimited" else sequence.controls[p.condition]
     rows.append(chosen.input_ids)
-model = load_model(smk)  # a transformers model or an ess.models.LanguageModel
+model = load_model(smk)  # a transformers model or an ess.paper.training.models.LanguageModel
 score = bigram_recall(
     model,
     torch.cat(rows),

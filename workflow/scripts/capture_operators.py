@@ -1,7 +1,7 @@
 """Rule capture_operators: run the model ONCE on each seed's token sequence of the task and save
 the factors of every layer's operator (ess.hf.capture_operators), with only the mamba channels
-E6 measures kept (ess.sequence_ess.capture_channels, models.<m>.channel_stride), one file per
-seed (ess.layers.save_operators). The capture finds each layer's mixer by discovery
+E6 measures kept (ess.paper.e6.sequence_ess.capture_channels, models.<m>.channel_stride), one file
+per seed (ess.layers.save_operators). The capture finds each layer's mixer by discovery
 (docs/method.md §5) and fails if T u misses a mixer's own output; the largest relative error
 goes into the manifest."""
 
@@ -11,9 +11,9 @@ from workflow_job import load_model, record, start
 
 from ess.hf import capture_operators
 from ess.layers import save_operators
-from ess.provenance import atomic_output
-from ess.sequence_ess import capture_channels
-from ess.sequence_files import read_sequence
+from ess.outputs import atomic_output
+from ess.paper.e6.sequence_ess import capture_channels
+from ess.paper.e6.sequences import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

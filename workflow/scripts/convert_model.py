@@ -1,11 +1,12 @@
-"""Rule convert_model: ess.fetch.convert_to_transformers (a GGUF is dequantised to safetensors
-once) into results/models/{model}/hf, plus a manifest pointing back at the fetched weights."""
+"""Rule convert_model: ess.paper.e6.fetch.convert_to_transformers (a GGUF is dequantised to
+safetensors once) into results/models/{model}/hf, plus a manifest pointing back at the fetched
+weights."""
 
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess.fetch import convert_to_transformers
+from ess.paper.e6.fetch import convert_to_transformers
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

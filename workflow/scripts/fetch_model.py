@@ -1,13 +1,13 @@
-"""Rule fetch_model: ess.fetch.fetch_model into results/models/{model}/fetched, plus a manifest
-recording the source, the Hub commit an hf source resolved to, and the sha256 of what was fetched
-(the root of every audit chain)."""
+"""Rule fetch_model: ess.paper.e6.fetch.fetch_model into results/models/{model}/fetched, plus a
+manifest recording the source, the Hub commit an hf source resolved to, and the sha256 of what was
+fetched (the root of every audit chain)."""
 
 import os
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess.fetch import fetch_model, fetched_commit
+from ess.paper.e6.fetch import fetch_model, fetched_commit
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,17 +1,18 @@
 """Rule make_sequence: for every delimiter and seed, passages of the shipped corpus
-(ess.text.load_passages, its "eval" entries: the models trained here never saw them) in that
-seed's order, joined by the delimiter, with its controls (ess.delimiters.build_delimited_sequence),
-as one JSON file each. One job per model: its tokenizer loads once."""
+(ess.paper.e6.text.load_passages, its "eval" entries: the models trained here never saw them) in
+that seed's order, joined by the delimiter, with its controls
+(ess.paper.e6.delimiters.build_delimited_sequence), as one JSON file each. One job per model: its
+tokenizer loads once."""
 
 from pathlib import Path
 
 from transformers import AutoTokenizer
 from workflow_job import record, start
 
-from ess.delimiters import build_delimited_sequence
-from ess.provenance import atomic_output
-from ess.sequence_files import write_sequence
-from ess.text import corpus_provenance, load_passages
+from ess.outputs import atomic_output
+from ess.paper.e6.delimiters import build_delimited_sequence
+from ess.paper.e6.sequences import write_sequence
+from ess.paper.e6.text import corpus_provenance, load_passages
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

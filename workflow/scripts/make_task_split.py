@@ -1,12 +1,12 @@
 """Rule make_task_split: one split of a synthetic task, generated from its seed and cached
-(ess.tasks.save_split)."""
+(ess.paper.training.tasks.save_split)."""
 
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess.provenance import atomic_output
-from ess.tasks import TaskConfig, save_split
+from ess.outputs import atomic_output
+from ess.paper.training.tasks import TaskConfig, save_split
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,17 +1,18 @@
 """Rule measure_e6_ess: ESS of a group of layers' operators (params.layers), every
 channel_stride-th head/channel, for each seed's sequence, at the split positions E6's statistics
-use (ess.boundaries.trace_positions), one long table per seed (ess.sequence_ess)."""
+use (ess.paper.e6.boundaries.trace_positions), one long table per seed
+(ess.paper.e6.sequence_ess)."""
 
 from pathlib import Path
 
 import torch
 from workflow_job import record, start
 
-from ess.boundaries import trace_positions
 from ess.layers import load_operators
-from ess.provenance import atomic_output
-from ess.sequence_ess import sequence_ess
-from ess.sequence_files import read_sequence
+from ess.outputs import atomic_output
+from ess.paper.e6.boundaries import trace_positions
+from ess.paper.e6.sequence_ess import sequence_ess
+from ess.paper.e6.sequences import read_sequence
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,5 +1,5 @@
 """Rule measure_synthetic_ess: the ESS of every layer of each trained model of one cell (its
-seeds) on the first n test sequences, at every tau (ess.measure.model_ess), on
+seeds) on the first n test sequences, at every tau (ess.paper.synthetic.model_ess), on
 synthetic.ess.device; each recurrence by the cheaper exact path for its L and N."""
 
 from pathlib import Path
@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from workflow_job import record, start
 
-from ess.measure import model_ess
-from ess.provenance import atomic_output
-from ess.tasks import load_split
-from ess.train import load_checkpoint
+from ess.outputs import atomic_output
+from ess.paper.synthetic.model_ess import model_ess
+from ess.paper.training.tasks import load_split
+from ess.paper.training.train import load_checkpoint
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

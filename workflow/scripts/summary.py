@@ -1,12 +1,12 @@
 """Rule summary: results/summary.md from the run's published figures and tables, their
-manifests and the key E6 table (ess.summary.build_summary)."""
+manifests and the key E6 table (ess.paper.summary.build_summary)."""
 
 from pathlib import Path
 
 from workflow_job import record, start
 
-from ess.provenance import atomic_output
-from ess.summary import build_summary
+from ess.outputs import atomic_output
+from ess.paper.summary import build_summary
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,14 +1,15 @@
-"""Rule train_language_model: a small ess.models.LanguageModel trained by next-token prediction
-on the Jargon File's "train" entries joined by the E6 delimiters (ess.text.train_language_model),
-with its BPE tokenizer, saved as a model directory (ess.fetch.save_language_model)."""
+"""Rule train_language_model: a small ess.paper.training.models.LanguageModel trained by next-token
+prediction on the Jargon File's "train" entries joined by the E6 delimiters
+(ess.paper.e6.text.train_language_model), with its BPE tokenizer, saved as a model directory
+(ess.paper.e6.fetch.save_language_model)."""
 
 from pathlib import Path
 
 import torch
 from workflow_job import record, start
 
-from ess.fetch import save_language_model
-from ess.text import (
+from ess.paper.e6.fetch import save_language_model
+from ess.paper.e6.text import (
     corpus_provenance,
     language_model_configs,
     language_model_stream,

@@ -1,5 +1,5 @@
-"""Rule train_synthetic: one synthetic-task run (ess.train.train) from its spec; writes the
-checkpoint (safetensors), the per-step curves and the test scores.
+"""Rule train_synthetic: one synthetic-task run (ess.paper.training.train.train) from its spec;
+writes the checkpoint (safetensors), the per-step curves and the test scores.
 
 Requeue: the training state is kept in resume.pt beside the outputs (TrainConfig.resume_state,
 written every resume_every_steps / resume_every_minutes of the spec); a rerun of a killed or
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from workflow_job import record, start
 
-from ess.experiments import memory_items, run_configs
-from ess.provenance import atomic_output
-from ess.tasks import load_split
-from ess.train import load_checkpoint, save_checkpoint, train
+from ess.outputs import atomic_output
+from ess.paper.synthetic.grid import memory_items, run_configs
+from ess.paper.training.tasks import load_split
+from ess.paper.training.train import load_checkpoint, save_checkpoint, train
 
 smk = snakemake  # noqa: F821 - injected by Snakemake's script preamble
 started = start(smk)

@@ -1,5 +1,5 @@
 """What every workflow script does around its one library call: log to the job's log file,
-and record a provenance manifest beside each output (ess.provenance.write_manifest).
+and record a provenance manifest beside each output (ess.paper.provenance.write_manifest).
 
 Imported by the scripts of workflow/scripts/ (Snakemake puts that folder on sys.path).
 """
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ess.provenance import write_manifest
+from ess.paper.provenance import write_manifest
 
 # sha256 of each input this job has recorded: a model directory or operator file named by
 # several manifests (one per seed) is hashed once per job.
@@ -51,10 +51,10 @@ def record(smk, outputs, inputs, started: float, seeds: dict | None = None, **ex
 
 def load_model(smk):
     """The rule's model (input `model`, a transformers directory) on params.device in
-    params.dtype, with torch using the job's threads (ess.fetch.load_causal_lm)."""
+    params.dtype, with torch using the job's threads (ess.paper.e6.fetch.load_causal_lm)."""
     import torch
 
-    from ess.fetch import load_causal_lm
+    from ess.paper.e6.fetch import load_causal_lm
 
     torch.set_num_threads(smk.threads)
     model, _ = load_causal_lm(

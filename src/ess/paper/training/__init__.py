@@ -1,0 +1,2 @@
+"""The trainable models of the synthetic experiments: mixers, the language model, tasks,
+training."""
