@@ -1,5 +1,6 @@
-"""ess.paper.synthetic.grid: the synthetic grid expanded from a config section into typed runs,
-shared runs, structured labels, and the checks that run before any job."""
+"""ess.paper.synthetic.experiments and grid: the synthetic grid expanded from a config section
+into typed runs, shared runs, structured labels, the experiment records, and the checks that run
+before any job."""
 
 import copy
 from pathlib import Path
@@ -195,3 +196,31 @@ def test_a_run_reads_its_task_splits_and_its_teachers_checkpoint():
     assert run_inputs(run_of(runs, "mqar/kv4/GLA/tss32/base/seed0"))["teacher"] == []
     with pytest.raises(ValueError, match="mqar/kv4/RWKV/tss8/base/seed0 is not a configured"):
         run_of(runs, "mqar/kv4/RWKV/tss8/base/seed0")
+
+
+def test_every_experiment_record_has_what_the_docs_say_adding_one_touches():
+    """docs/workflow.md, "Adding an experiment": a module with its EXPERIMENT record, a line in
+    EXPERIMENTS, a notebook per figure and table, and a config section with its schema."""
+    from ess.paper.synthetic import experiments
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sections = schema["$defs"]["synthetic"]["properties"]
+    modules = {p.stem for p in (ROOT / "src" / "ess" / "paper" / "synthetic").glob("e[0-9]*.py")}
+    assert modules == set(experiments.EXPERIMENTS)
+    for name, record in experiments.EXPERIMENTS.items():
+        assert record.name == name and record.claim and (record.figures or record.tables)
+        assert (record.runs is None) != (record.reads is None), name
+        for notebook in record.figures + record.tables:
+            assert (ROOT / "notebooks" / f"{notebook}.ipynb").is_file(), notebook
+        if record.runs is not None:  # a reader (E2, E8) may have no section of its own
+            assert name in sections and name in SYNTHETIC, name
+        assert record.grid_text(SYNTHETIC, experiment_labels(SYNTHETIC, name))
+    docs = (ROOT / "docs" / "workflow.md").read_text()
+    assert "src/ess/paper/synthetic/experiments.py" in docs and "notebooks/<name>.ipynb" in docs
+
+
+def test_an_unknown_experiment_is_refused_by_name():
+    from ess.paper.synthetic.experiments import experiment
+
+    with pytest.raises(ValueError, match="unknown experiment 'e6'.*e1, e2"):
+        experiment("e6")

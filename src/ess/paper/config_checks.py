@@ -11,7 +11,7 @@ task's key-value pairs in its vocabulary and length, E6's drop windows in `e6.n_
 indices in `n_layers`), and every dataclass a job will build. A value that passes here does not
 fail later inside a job for the same reason. Each check raises a ValueError that names the
 config key, its value and what is allowed. Where the library already states a precondition
-(`ess.paper.training.tasks`, `ess.paper.e6.text`, `ess.paper.training.models.ModelConfig`,
+(`ess.paper.training.tasks`, `ess.paper.e6.text`, `ess.paper.training.model_config.ModelConfig`,
 `ess.paper.training.train.TrainConfig`) the check runs that code on the config rather than restating
 the rule.
 
