@@ -56,7 +56,7 @@ def check_model_sources(config: dict, schema: str | Path) -> None:
             )
 
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+REPOSITORY = Path(__file__).resolve().parents[3]
 
 
 class ConfigError(ValueError):
