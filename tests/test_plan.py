@@ -13,6 +13,7 @@ from test_workflow import ROOT, dry_run, job_counts
 
 from ess.paper import cost, plan
 from ess.paper.config_checks import load_config
+from ess.paper.results import published_names
 
 PAPER = ROOT / "config" / "paper.yaml"
 
@@ -147,4 +148,7 @@ def test_the_slurm_profile_sets_no_resource_the_cost_model_sets():
 def test_every_rule_of_the_workflow_has_a_job_name_format():
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     planned = set(__import__("re").findall(r'planned\("(\w+)", "mem_mb"\)', text))
+    # the notebook rules, one definition in notebooks.smk: <group>_<kind>
+    assert 'planned(f"{group}_{kind}", "mem_mb")' in text
+    planned |= {f"{group}_{kind}" for group, kind in published_names({})}
     assert planned == set(plan.JOB_NAMES)
