@@ -224,7 +224,7 @@ BAD_CONFIGS = [
     ),
     (
         "trained_lm_heads_mismatch",
-        setter("models.jargon_s6.n_heads", 2),
+        both(setter("models.jargon_s6.n_heads", 2), setter("models.jargon_s6.channel_stride", 1)),
         ["models.jargon_s6.n_heads is 2", "it must be 128"],
     ),
     (
