@@ -183,9 +183,9 @@ def ess_imports(path: Path) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     """{ess module: the ess modules it imports} over every file of src/ess; packages' own
     __init__ imports (`import ess.paper.x` names ess and ess.paper too) are left out."""
+    packages = {ess_module_name(p) for p in (ROOT / "src" / "ess").rglob("__init__.py")}
     graph = {}
     for path in sorted((ROOT / "src" / "ess").rglob("*.py")):
-        packages = {ess_module_name(p) for p in (ROOT / "src" / "ess").rglob("__init__.py")}
         graph[ess_module_name(path)] = ess_imports(path) - packages
     return graph
 

@@ -42,13 +42,14 @@ def synthetic_grid(synthetic: dict) -> dict[str, Run]:
     for record in EXPERIMENTS.values():
         if record.runs is None or record.name not in synthetic:
             continue
+        users = (record.name, *readers(record.name))
         for labels, model, train in record.runs(synthetic):
             key = run_key(labels)
             if key not in specs:
                 where = f"synthetic.{record.name}"
                 specs[key] = run_spec(synthetic, labels, where, model, train)
                 labels_of[key] = labels
-            for name in (record.name, *readers(record.name)):
+            for name in users:
                 if name not in used_by.setdefault(key, []):
                     used_by[key].append(name)
     return {key: Run(key, specs[key], labels_of[key], tuple(used_by[key])) for key in specs}
