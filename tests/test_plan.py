@@ -97,6 +97,17 @@ def test_resources_grow_with_the_attempt_and_stay_within_the_limits():
     assert capped["runtime"] == config["cluster"]["max_runtime_h"] * 60
 
 
+def test_training_retries_are_the_profiles_unless_a_run_spans_attempts():
+    """None leaves the profile's retries (a rule's `retries: 0` would mean none at all)."""
+    assert plan.train_retries(plan.plan_jobs(load_config()), load_config()) is None
+    paper = load_config([PAPER])
+    jobs = plan.plan_jobs(paper)
+    runs = [j for j in jobs if j.rule == "train_synthetic" and j.notes["resumable"]]
+    most = max(plan.attempts_needed(j, paper) for j in runs)
+    assert most > 1, "paper.yaml's longest runs span time limits"
+    assert plan.train_retries(jobs, paper) == most - 1 + 2
+
+
 def test_gpu_runs_accumulate_micro_batches_that_fit_the_gpu():
     config = load_config([PAPER])
     runs = [j for j in plan.plan_jobs(config) if j.rule == "train_synthetic"]

@@ -37,6 +37,11 @@ for (group, kind), names in PUBLISHED_NAMES.items():
             "results/logs/notebooks/{name}.log",
         wildcard_constraints:
             name="|".join(names) or "(?!)",
+        # jupyter_client picks a kernel's ports by binding and releasing them, so two notebooks
+        # started at once can draw the same port and one kernel dies at start ("ZMQError:
+        # Address already in use", seen 2026-12-07 in a local run); a retry gets fresh ports.
+        # (A rule's retries replace the profile's, so on a cluster these jobs retry once too.)
+        retries: 1
         conda:
             "../../envs/notebooks.yaml"
         resources:

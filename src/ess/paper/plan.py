@@ -350,13 +350,14 @@ def attempts_needed(job: Job, config: dict) -> int:
     return max(1, math.ceil(hours / cluster_limits(config)["max_runtime_h"]))
 
 
-def train_retries(jobs: Iterable[Job], config: dict, spare: int = 2) -> int:
+def train_retries(jobs: Iterable[Job], config: dict, spare: int = 2) -> int | None:
     """Retries of train_synthetic: enough attempts for its longest resumable run to finish
-    across time limits, plus `spare` for failures (each attempt asks for more memory); 0 when
-    every run fits one attempt (the rule then takes the profile's `retries`)."""
+    across time limits, plus `spare` for failures (each attempt asks for more memory); None when
+    every run fits one attempt, so the rule takes the profile's `retries` as every rule does
+    (Snakemake reads a rule's `retries: 0` as no retries, not as unset)."""
     runs = [j for j in jobs if j.rule == "train_synthetic" and j.notes["resumable"]]
     most = max((attempts_needed(j, config) for j in runs), default=1)
-    return most - 1 + spare if most > 1 else 0  # 0: the profile's retries, as for every rule
+    return most - 1 + spare if most > 1 else None
 
 
 def micro_batch_size(spec: dict, gpu_mem_mb: float) -> int:
