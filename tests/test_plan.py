@@ -99,7 +99,8 @@ def test_resources_grow_with_the_attempt_and_stay_within_the_limits():
 
 def test_training_retries_are_the_profiles_unless_a_run_spans_attempts():
     """None leaves the profile's retries (a rule's `retries: 0` would mean none at all)."""
-    assert plan.train_retries(plan.plan_jobs(load_config()), load_config()) is None
+    default = load_config()
+    assert plan.train_retries(plan.plan_jobs(default), default) is None
     paper = load_config([PAPER])
     jobs = plan.plan_jobs(paper)
     runs = [j for j in jobs if j.rule == "train_synthetic" and j.notes["resumable"]]
